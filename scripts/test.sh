@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: set up (if needed) and run every test, slow end-to-end ones included, offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
+exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"

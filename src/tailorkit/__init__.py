@@ -1,0 +1,3 @@
+"""tailorkit: fine-tune, align, evaluate and serve (multimodal) language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,161 @@
+"""Typed settings, one small dataclass per concern. Field names are ms-swift's argument names.
+
+Each field's ``help`` metadata is the one-line help the CLI prints; validation lives in
+``__post_init__`` and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, field, fields
+
+from ..errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _f(default, help: str, *, choices=None, aliases=()):
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases)}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelArgs:
+    model: str | None = _f(None, "model id on the hub or local directory (required)")
+    model_type: str | None = _f(None, "model family name; inferred from the model's config when omitted")
+    torch_dtype: str = _f("auto", "weights dtype: auto (bf16 on a GPU that has it, else float32)", choices=DTYPES)
+    attn_impl: str | None = _f(None, "attention implementation: sdpa, eager or flash_attention_2",
+                               choices=(None, "sdpa", "eager", "flash_attention_2"))
+    trust_remote_code: bool = _f(False, "allow the model repository's own Python code to run")
+
+    def __post_init__(self):
+        if self.torch_dtype not in DTYPES:
+            raise ConfigError(f"torch_dtype {self.torch_dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class DataArgs:
+    dataset: list[str] = _f([], "training data files (jsonl, json); 'path#N' samples N rows")
+    val_dataset: list[str] = _f([], "validation data files; same forms as --dataset")
+    split_dataset_ratio: float = _f(0.0, "fraction of --dataset held out for validation when no --val_dataset")
+    max_length: int = _f(2048, "maximum encoded length in tokens, media tokens included")
+    truncation_strategy: str = _f("raise", "what to do with samples over --max_length: raise or delete (skip, counted)",
+                                  choices=("raise", "delete"))
+    system: str | None = _f(None, "system prompt used for rows that have none")
+    dataloader_num_workers: int = _f(0, "data loading worker processes")
+    data_seed: int | None = _f(None, "seed for sampling 'path#N' and the validation split (default: --seed)")
+
+    def __post_init__(self):
+        if not 0.0 <= self.split_dataset_ratio < 1.0:
+            raise ConfigError(f"split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
+        if self.max_length <= 0:
+            raise ConfigError(f"max_length must be positive, got {self.max_length}")
+
+
+@dataclass
+class TunerArgs:
+    train_type: str = _f("lora", "full or lora", choices=("full", "lora"), aliases=("tuner_type",))
+    lora_rank: int = _f(8, "LoRA rank r")
+    lora_alpha: int = _f(32, "LoRA scaling alpha")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA path")
+    target_modules: list[str] = _f(["all-linear"], "modules that get LoRA: 'all-linear' (every linear layer of "
+                                   "the trained components) or module names")
+    modules_to_save: list[str] = _f([], "modules trained fully and saved next to the adapter")
+    freeze_vit: bool = _f(True, "keep the vision tower frozen")
+    freeze_aligner: bool = _f(True, "keep the vision-to-language aligner (projector) frozen")
+    freeze_llm: bool = _f(False, "keep the language model frozen")
+
+    def __post_init__(self):
+        if self.train_type not in ("full", "lora"):
+            raise ConfigError(f"train_type {self.train_type!r} is not one of full, lora")
+        if self.lora_rank <= 0:
+            raise ConfigError(f"lora_rank must be positive, got {self.lora_rank}")
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str = _f("output", "where checkpoints, logs, the loss plot and the resolved config go")
+    num_train_epochs: float = _f(3.0, "passes over the training data")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (overrides epochs when > 0)")
+    learning_rate: float | None = _f(None, "peak learning rate (default 1e-4 for lora, 1e-5 for full)")
+    per_device_train_batch_size: int = _f(1, "samples per device per forward pass")
+    per_device_eval_batch_size: int = _f(1, "samples per device per evaluation forward pass")
+    gradient_accumulation_steps: int = _f(1, "forward passes per optimizer step")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory")
+    gradient_checkpointing_kwargs: dict = _f({"use_reentrant": False}, "JSON passed to gradient checkpointing")
+    lr_scheduler_type: str = _f("cosine", "learning-rate schedule (transformers names: cosine, linear, constant...)")
+    warmup_ratio: float = _f(0.0, "fraction of steps spent warming the learning rate up")
+    weight_decay: float = _f(0.1, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    logging_steps: int = _f(5, "log loss and learning rate every N optimizer steps")
+    eval_steps: int | None = _f(None, "evaluate every N steps (default: --save_steps)")
+    save_strategy: str = _f("steps", "when to save checkpoints: steps, epoch or no", choices=("steps", "epoch", "no"))
+    save_steps: int = _f(500, "save a checkpoint every N optimizer steps")
+    save_total_limit: int | None = _f(None, "keep at most this many checkpoints")
+    seed: int = _f(42, "random seed for initialisation, shuffling and dropout")
+    report_to: list[str] = _f(["none"], "experiment trackers: none, tensorboard, wandb ...")
+    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from")
+    deepspeed: str | None = _f(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
+
+    def __post_init__(self):
+        if isinstance(self.gradient_checkpointing_kwargs, str):
+            try:
+                self.gradient_checkpointing_kwargs = json.loads(self.gradient_checkpointing_kwargs)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"gradient_checkpointing_kwargs is not valid JSON: {e}") from None
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.deepspeed is not None:
+            _check_deepspeed(self.deepspeed)
+
+
+def _check_deepspeed(value: str) -> None:
+    import importlib.util
+
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError(f"deepspeed={value!r} needs a CUDA GPU and none is visible; drop the setting to train "
+                          "on this machine")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"deepspeed={value!r} needs the deepspeed package: pip install 'tailorkit[gpu]'")
+
+
+@dataclass
+class SftConfig:
+    """Everything `tailorkit sft` and `tailorkit pt` need."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    tuner: TunerArgs = field(default_factory=TunerArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+    def __post_init__(self):
+        if not self.model.model:
+            raise ConfigError("--model is required: a hub id or a local model directory")
+        if not self.data.dataset:
+            raise ConfigError("--dataset is required: one or more data files")
+        if self.train.learning_rate is None:
+            self.train.learning_rate = 1e-4 if self.tuner.train_type == "lora" else 1e-5
+        if self.model.torch_dtype == "float16":
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError("float16 training (fp16) needs a CUDA GPU; use --torch_dtype float32 on CPU")
+
+    def flat(self) -> dict:
+        """Every resolved setting under its argument name (the form the CLI and YAML files take)."""
+        return {name: getattr(getattr(self, concern), name) for name, (concern, _, _) in concern_fields(type(self)).items()}
+
+
+def concern_fields(cls) -> dict[str, tuple[str, object, object]]:
+    """Map of flat argument name -> (concern attribute, dataclass field, resolved type) of a composite config."""
+    out = {}
+    for concern in fields(cls):
+        hints = typing.get_type_hints(concern.default_factory)
+        for f in fields(concern.default_factory):
+            if f.name in out:
+                raise AssertionError(f"argument {f.name} is defined twice")
+            out[f.name] = (concern.name, f, hints[f.name])
+    return out

@@ -1,0 +1,1 @@
+"""tailorkit.data"""

@@ -1,0 +1,132 @@
+"""The one encoder: Conversation -> Encoded, for training, preference training, inference and serving.
+
+It renders with the model's own chat template and runs the model's own processor (which expands
+media placeholders). Supervised spans are found by rendering the prefix before each assistant
+turn (with the generation prompt) and the conversation through that turn: the tokens between the
+two are the reply. The prompt that inference builds is therefore, token for token, the training
+sequence up to the first supervised token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import DataError, TooLongError
+from .formats import Conversation, TextSample, count_images
+from .media import load_image
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    media: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw ... (cat over dim 0)
+    token_fields: dict[str, list[int]] = field(default_factory=dict)  # per-token extras, e.g. mm_token_type_ids
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def run_processor(processor, text: str, images: list) -> dict:
+    """The processor's output for one rendered text (no special tokens added: the template has them)."""
+    if hasattr(processor, "image_processor"):
+        return dict(processor(text=[text], images=images or None, return_tensors="pt", add_special_tokens=False))
+    if images:
+        raise DataError("this model has no image processor but the sample has images")
+    return dict(processor(text, return_tensors="pt", add_special_tokens=False))
+
+
+def media_token_ids(processor) -> set[int]:
+    """Ids of placeholder tokens that the processor expands for media; never supervised."""
+    ids = set()
+    for attr in ("image_token_id", "video_token_id", "audio_token_id"):
+        value = getattr(processor, attr, None)
+        if isinstance(value, int):
+            ids.add(value)
+    return ids
+
+
+def _images_of(conv: Conversation) -> list:
+    return [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
+
+
+def encode_prompt(conv: Conversation, processor, images: list | None = None) -> Encoded:
+    """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
+    images = _images_of(conv) if images is None else images
+    text = render(processor, conv.messages, add_generation_prompt=True)
+    out = run_processor(processor, text, images)
+    return _to_encoded(out, labels=None)
+
+
+def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
+    """Encode a full conversation with labels on the assistant replies (and their end-of-turn token)."""
+    images = _images_of(conv)
+    full = run_processor(processor, render(processor, conv.messages, False), images)
+    ids = full["input_ids"][0].tolist()
+    labels = [IGNORE] * len(ids)
+    tok = getattr(processor, "tokenizer", processor)
+    for i, msg in enumerate(conv.messages):
+        if msg["role"] != "assistant":
+            continue
+        start = _prefix_len(processor, conv, conv.messages[:i], True, images, ids)
+        end = _prefix_len(processor, conv, conv.messages[: i + 1], False, images, ids)
+        while end > start and not tok.decode([ids[end - 1]]).strip():  # trailing newline after end-of-turn
+            end -= 1
+        labels[start:end] = ids[start:end]
+    for j, t in enumerate(ids):
+        if t in media_token_ids(processor):
+            labels[j] = IGNORE
+    enc = _to_encoded(full, labels)
+    if max_length is not None and len(enc) > max_length:
+        raise TooLongError(f"encoded length {len(enc)} exceeds max_length {max_length}", source=conv.source,
+                           line=conv.line, field="messages",
+                           fix="raise --max_length, shorten the sample, or use --truncation_strategy delete")
+    return enc
+
+
+def _prefix_len(processor, conv, messages, gen_prompt: bool, images: list, full_ids: list[int]) -> int:
+    text = render(processor, messages, gen_prompt)
+    n_img = count_images(messages)
+    ids = run_processor(processor, text, images[:n_img])["input_ids"][0].tolist()
+    if full_ids[: len(ids)] != ids:
+        raise conv.error("the chat template does not render this conversation's prefix as a prefix of the whole "
+                         "conversation, so the reply cannot be located", field="messages",
+                         fix="the model family needs a template patch")
+    return len(ids)
+
+
+def _to_encoded(out: dict, labels: list[int] | None) -> Encoded:
+    ids = out.pop("input_ids")[0].tolist()
+    out.pop("attention_mask", None)
+    enc = Encoded(input_ids=ids, labels=labels if labels is not None else [IGNORE] * len(ids))
+    for key, value in out.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.dim() == 2 and value.shape == (1, len(ids)):
+            enc.token_fields[key] = value[0].tolist()
+        else:
+            enc.media[key] = value
+    return enc
+
+
+def encode_text(sample: TextSample, tokenizer, *, max_length: int | None = None) -> Encoded:
+    """Pre-training: every token is supervised; the tokenizer's EOS closes the document."""
+    ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    if max_length is not None and len(ids) > max_length:
+        raise TooLongError(f"encoded length {len(ids)} exceeds max_length {max_length}", source=sample.source,
+                           line=sample.line, field="text", fix="raise --max_length or use --truncation_strategy delete")
+    return Encoded(input_ids=ids, labels=list(ids))

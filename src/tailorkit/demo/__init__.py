@@ -1,0 +1,1 @@
+"""The embedded default: a tiny vision-language model fine-tuned on a synthetic shapes task."""

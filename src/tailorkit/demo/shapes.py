@@ -1,0 +1,53 @@
+"""A synthetic visual task: coloured shapes on a plain background, two question types."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 30)}
+SHAPES = ("circle", "square", "triangle")
+QUESTIONS = {"colour": "What colour is the shape?", "shape": "What shape is this?"}
+SIZE = 56  # 2x2 merged Qwen-VL patches of 28 px: 4 image tokens
+
+
+def draw(colour: str, shape: str, rng: random.Random):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (SIZE, SIZE), (245, 245, 245))
+    d = ImageDraw.Draw(image)
+    r = rng.randint(14, 22)
+    cx, cy = rng.randint(r + 2, SIZE - r - 2), rng.randint(r + 2, SIZE - r - 2)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return image
+
+
+def write_split(folder: Path, name: str, n: int, seed: int) -> Path:
+    """n rows of {"messages", "images"} with images saved next to the jsonl (relative paths)."""
+    rng = random.Random(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    with path.open("w") as f:
+        for i in range(n):
+            colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+            kind = rng.choice(list(QUESTIONS))
+            image_path = f"images/{name}_{i:05d}.png"
+            draw(colour, shape, rng).save(folder / image_path)
+            answer = colour if kind == "colour" else shape
+            row = {"messages": [{"role": "user", "content": "<image>" + QUESTIONS[kind]},
+                                {"role": "assistant", "content": answer}],
+                   "images": [image_path]}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def chance_accuracy() -> float:
+    """Expected accuracy of guessing uniformly among the valid answers of each question type."""
+    return 0.5 * (1 / len(COLOURS)) + 0.5 * (1 / len(SHAPES))

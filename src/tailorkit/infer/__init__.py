@@ -1,0 +1,1 @@
+"""Inference engines: every prompt is built by the training encoder."""

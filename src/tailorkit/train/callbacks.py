@@ -1,0 +1,94 @@
+"""Progress bar, jsonl log, loss plot and per-checkpoint run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+LOG_FILE = "logging.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class ProgressCallback(TrainerCallback):
+    """One tqdm bar over optimizer steps showing loss, learning rate and ETA."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, desc="training", unit="step", dynamic_ncols=True,
+                            initial=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs:
+            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate", "eval_loss") if k in logs}
+            if shown:
+                self.bar.set_postfix(shown, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log record (step, epoch, loss, lr, ...) to output_dir/logging.jsonl."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        with open(Path(args.output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class RunFilesCallback(TrainerCallback):
+    """Writes the resolved config into every checkpoint directory next to weights and processor."""
+
+    def __init__(self, write_config):
+        self.write_config = write_config
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                self.write_config(ckpt)
+
+
+def plot_loss(output_dir: str | Path) -> Path | None:
+    """Loss (and eval loss) against step from logging.jsonl, saved as loss.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(output_dir) / LOG_FILE
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per supervised token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(output_dir) / PLOT_FILE
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,171 @@
+"""`tailorkit sft` and `tailorkit pt`: load data (checked first), model, tuner; train; save."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config.args import SftConfig
+from ..data.collate import Collator
+from ..data.dataset import EncodeReport, encode_all, load_conversations, load_text_samples
+from ..errors import ConfigError
+from ..models.load import ModelBundle, load_bundle
+from ..tuners.plan import apply_tuner, count_parameters
+from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
+
+CONFIG_FILE = "args.yaml"
+FINAL_DIR = "checkpoint-final"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    log_history: list[dict]
+    plot: Path | None
+    report: EncodeReport
+    trainable_params: int
+    total_params: int
+    model: torch.nn.Module = field(repr=False)
+    bundle: ModelBundle = field(repr=False)
+
+
+def sft(cfg: SftConfig) -> TrainResult:
+    """Supervised fine-tuning on conversations; loss on assistant replies only."""
+    return _run(cfg, text=False)
+
+
+def pt(cfg: SftConfig) -> TrainResult:
+    """Continued pre-training on {"text": ...} rows; loss on every token."""
+    return _run(cfg, text=True)
+
+
+def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
+    from transformers import set_seed
+
+    out = Path(cfg.train.output_dir)
+    _check_output_dir(out, cfg)
+    data_seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
+    # Cheap checks on every row before any weights are loaded.
+    load = (lambda specs: load_text_samples(specs, seed=data_seed)) if text else (
+        lambda specs: load_conversations(specs, system=cfg.data.system, seed=data_seed))
+    train_items = load(cfg.data.dataset)
+    val_items = load(cfg.data.val_dataset) if cfg.data.val_dataset else []
+    if not val_items and cfg.data.split_dataset_ratio > 0:
+        train_items, val_items = _split(train_items, cfg.data.split_dataset_ratio, data_seed)
+
+    set_seed(cfg.train.seed)
+    bundle = load_bundle(cfg.model)
+    model = apply_tuner(bundle, cfg.tuner)
+    trainable, total = count_parameters(model)
+    print(f"[tailorkit] {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
+          f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
+
+    enc_kwargs = dict(max_length=cfg.data.max_length, truncation=cfg.data.truncation_strategy, text=text)
+    train_set, report = encode_all(train_items, bundle.processor, desc="encoding train", **enc_kwargs)
+    val_set, val_report = encode_all(val_items, bundle.processor, desc="encoding val", **enc_kwargs)
+    report.skipped.update({f"{k} (val)": v for k, v in val_report.skipped.items()})
+    print(f"[tailorkit] {report.summary()}; {len(val_set)} validation samples")
+    if not train_set:
+        raise ConfigError("no training sample is left after encoding")
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_config = _config_writer(cfg)
+    write_config(out)
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config)
+    trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
+
+    final = out / FINAL_DIR
+    trainer.save_model(str(final))
+    write_config(final)
+    plot = plot_loss(out)
+    print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
+    if report.skipped:
+        print(f"[tailorkit] skipped samples: {dict(report.skipped)}")
+    return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
+                       report=report, trainable_params=trainable, total_params=total, model=model, bundle=bundle)
+
+
+def _check_output_dir(out: Path, cfg: SftConfig) -> None:
+    """Never train over an earlier run's files unless resuming it."""
+    if cfg.train.resume_from_checkpoint:
+        return
+    if (out / CONFIG_FILE).exists() or any(out.glob("checkpoint-*")):
+        raise ConfigError(f"output_dir {out} already holds a training run; choose a new --output_dir or pass "
+                          "--resume_from_checkpoint to continue it")
+
+
+def _split(items: list, ratio: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(items) * ratio)))
+    val_idx = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val_idx], [items[i] for i in sorted(val_idx)]
+
+
+def _config_writer(cfg: SftConfig):
+    flat = cfg.flat()
+
+    def write(folder: Path) -> None:
+        Path(folder, CONFIG_FILE).write_text(yaml.safe_dump(flat, sort_keys=False))
+
+    return write
+
+
+def training_arguments(cfg: SftConfig, has_eval: bool):
+    """transformers.TrainingArguments from our config (the one place the two meet)."""
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    dtype = cfg.model.torch_dtype
+    eval_steps = t.eval_steps or t.save_steps
+    return TrainingArguments(
+        output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=t.report_to,
+        eval_strategy=("steps" if t.save_strategy == "steps" else t.save_strategy) if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), deepspeed=_deepspeed_config(t.deepspeed),
+        ddp_find_unused_parameters=False, save_only_model=False,
+    )
+
+
+def _deepspeed_config(value: str | None):
+    if value is None:
+        return None
+    presets = {
+        "zero2": {"zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True}},
+        "zero3": {"zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+                                        "stage3_gather_16bit_weights_on_model_save": True}},
+    }
+    if value in presets:
+        return {**presets[value], "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+                "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto", "train_batch_size": "auto"}
+    return value  # a JSON file path, read by transformers
+
+
+def _make_trainer(cfg, bundle, model, train_set, val_set, write_config):
+    from transformers import PrinterCallback
+    from transformers import ProgressCallback as HFProgress
+
+    from .trainer import Trainer
+
+    trainer = Trainer(model=model, args=training_arguments(cfg, bool(val_set)), train_dataset=train_set,
+                      eval_dataset=val_set or None, data_collator=Collator(bundle.tokenizer.pad_token_id),
+                      processing_class=bundle.processor,
+                      callbacks=[ProgressCallback(), JsonlLogCallback(), RunFilesCallback(write_config)])
+    for cb in (PrinterCallback, HFProgress):
+        trainer.remove_callback(cb)
+    return trainer
