@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny random models built once per test session (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tailorkit.models.tiny import build_qwen2, build_qwen2_5_vl
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory):
+    """Directory of a tiny Qwen2 text model with tokenizer and chat template."""
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    build_qwen2(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_dir(tmp_path_factory):
+    """Directory of a tiny Qwen2.5-VL model with processor and chat template."""
+    path = tmp_path_factory.mktemp("tiny-qwen2_5_vl")
+    build_qwen2_5_vl(path)
+    return path
