@@ -20,15 +20,6 @@ SYSTEM = "Answer with one word."
 Q1, A1, Q2, A2 = "What colour is the shape?", "red", "What shape is this?", "circle"
 
 
-def write_png(path, seed: int):
-    from PIL import Image
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (40, 56, 3), generator=g, dtype=torch.uint8).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
-
-
 def canonical(image: str) -> dict:
     return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"<image>{Q1}"},
                          {"role": "assistant", "content": A1}, {"role": "user", "content": Q2},
@@ -46,7 +37,7 @@ def vl_processor(tiny_vl_dir):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
+def data_dir(tmp_path_factory, write_png):
     d = tmp_path_factory.mktemp("layouts")
     write_png(d / "imgs" / "a.png", 0)
     return d
@@ -130,7 +121,7 @@ def test_alpaca_matches_canonical_single_turn(vl_processor, data_dir):
     assert_same(encode(conv, vl_processor), encode(ref, vl_processor))
 
 
-def _file_forms(data_dir):
+def _file_forms(data_dir, write_png):
     """The canonical row written as json, csv, parquet, a `datasets` folder and a load_dataset folder."""
     import datasets
     import pyarrow as pa
@@ -154,10 +145,10 @@ def _file_forms(data_dir):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_file_formats_match_canonical(streaming, vl_processor, data_dir, reference):
+def test_file_formats_match_canonical(streaming, vl_processor, data_dir, reference, write_png):
     from tailorkit.data.dataset import iter_conversations
 
-    for name, rel in _file_forms(data_dir).items():
+    for name, rel in _file_forms(data_dir, write_png).items():
         spec = str(data_dir / rel)
         convs = list(iter_conversations(spec, streaming=True)) if streaming else load_conversations([spec])
         assert len(convs) == 1, name
