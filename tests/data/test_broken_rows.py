@@ -135,7 +135,7 @@ def test_over_long_sample_under_each_strategy(long_rows, tiny_vl_dir):
     assert kept[1].input_ids == full.input_ids[-limit:] and kept[1].labels == full.labels[-limit:]
     # cutting the image sample from the left would remove its media span: deleted and counted, never cut
     assert report.truncated == 1 and sum(report.skipped.values()) == 1
-    assert "without cutting media" in next(iter(report.skipped))
+    assert "a cut would hit media" in next(iter(report.skipped))
 
     kept, report = encode_all(long_rows, proc, max_length=limit, truncation="right")
     # from the right both long samples would lose every supervised token (their replies are at the end)

@@ -15,7 +15,7 @@ from .encode import Encoded, encode, encode_text
 from .formats import MEDIA_KINDS, Conversation, TextSample, parse_row, parse_text_row
 from .media import missing_media
 from .sources import base_dir_of, iter_rows, split_spec
-from .truncate import truncate
+from .truncate import UNCUTTABLE, truncate
 
 MAX_LISTED_ERRORS = 10
 
@@ -165,7 +165,7 @@ def encode_one(item, processor, *, max_length: int, truncation: str, text: bool,
     if truncation in ("left", "right") and len(enc) > max_length:
         cut = truncate(enc, max_length, truncation, processor)
         if cut is None:
-            report.skipped["longer than max_length and not truncatable without cutting media"] += 1
+            report.skipped[UNCUTTABLE] += 1
             return None
         report.truncated += 1
         enc = cut

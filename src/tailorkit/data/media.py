@@ -66,7 +66,8 @@ def load_image(src, base_dir: str | None = None, *, source: str | None = None, l
                         field=field, fix="fix the path; relative paths resolve against the dataset file's folder")
     except (UnidentifiedImageError, OSError, ValueError) as e:
         shown = str(src)[:60] + ("..." if len(str(src)) > 60 else "")
-        raise DataError(f"cannot decode image {shown}: {e}", source=source, line=line, field=field,
+        why = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise DataError(f"cannot decode image {shown}: {why}", source=source, line=line, field=field,
                         fix="replace or remove the corrupt file") from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .encode import IGNORE, Encoded, media_token_ids
 
 STRATEGIES = ("raise", "delete", "left", "right")
+UNCUTTABLE = "longer than max_length, and a cut would hit media or leave no reply"
 
 
 def media_spans(ids: list[int], media_ids: set[int], wrapper_ids: set[int]) -> list[tuple[int, int]]:

@@ -11,7 +11,8 @@ import yaml
 
 from ..config.args import SftConfig
 from ..data.collate import Collator
-from ..data.dataset import EncodeReport, encode_all, load_conversations, load_text_samples
+from ..data.dataset import EncodeReport, StreamingEncoded, encode_all, load_conversations, load_text_samples
+from ..data.validate import preflight_stream
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..tuners.plan import apply_tuner, count_parameters
@@ -53,7 +54,9 @@ def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
     # Cheap checks on every row before any weights are loaded.
     load = (lambda specs: load_text_samples(specs, seed=data_seed)) if text else (
         lambda specs: load_conversations(specs, system=cfg.data.system, seed=data_seed))
-    train_items = load(cfg.data.dataset)
+    if cfg.data.streaming:  # rows are checked as the stream reaches them; the first ones here, before weights
+        preflight_stream(cfg.data.dataset, system=cfg.data.system, text=text)
+    train_items = [] if cfg.data.streaming else load(cfg.data.dataset)
     val_items = load(cfg.data.val_dataset) if cfg.data.val_dataset else []
     if not val_items and cfg.data.split_dataset_ratio > 0:
         train_items, val_items = _split(train_items, cfg.data.split_dataset_ratio, data_seed)
@@ -67,10 +70,13 @@ def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
 
     enc_kwargs = dict(max_length=cfg.data.max_length, truncation=cfg.data.truncation_strategy, text=text)
     train_set, report = encode_all(train_items, bundle.processor, desc="encoding train", **enc_kwargs)
+    if cfg.data.streaming:
+        train_set = StreamingEncoded(cfg.data.dataset, bundle.processor, system=cfg.data.system, **enc_kwargs)
+        report = train_set.report
     val_set, val_report = encode_all(val_items, bundle.processor, desc="encoding val", **enc_kwargs)
     report.skipped.update({f"{k} (val)": v for k, v in val_report.skipped.items()})
     print(f"[tailorkit] {report.summary()}; {len(val_set)} validation samples")
-    if not train_set:
+    if not cfg.data.streaming and not train_set:
         raise ConfigError("no training sample is left after encoding")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +90,8 @@ def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
     write_config(final)
     plot = plot_loss(out)
     print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
-    if report.skipped:
-        print(f"[tailorkit] skipped samples: {dict(report.skipped)}")
+    if report.skipped or report.truncated:
+        print(f"[tailorkit] end of preprocessing: {report.summary()}")
     return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
                        report=report, trainable_params=trainable, total_params=total, model=model, bundle=bundle)
 
