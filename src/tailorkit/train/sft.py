@@ -144,6 +144,9 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=_deepspeed_config(t.deepspeed),
         ddp_find_unused_parameters=False, save_only_model=False,
+        # accelerate would otherwise dispatch a streaming dataset's batches by slicing every tensor along dim 0,
+        # which cuts media tensors (pixel_values rows are patches, not samples)
+        accelerator_config={"dispatch_batches": False},
     )
 
 
