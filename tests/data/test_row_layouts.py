@@ -169,3 +169,38 @@ def test_supervision_is_the_replies(vl_processor, reference):
     tok = vl_processor.tokenizer
     supervised = tok.decode([t for t in reference.labels if t != IGNORE])
     assert supervised == f"{A1}<|im_end|>{A2}<|im_end|>"
+
+
+def test_video_as_frames_matches_between_list_and_content_part(vl_processor, data_dir, write_png):
+    frames = [str(write_png(data_dir / "frames" / f"{i}.png", i).relative_to(data_dir)) for i in range(4)]
+    listed = {"messages": [{"role": "user", "content": f"<video>{Q1}"}, {"role": "assistant", "content": A1}],
+              "videos": [frames]}
+    part = {"messages": [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": Q1}]},
+                         {"role": "assistant", "content": A1}]}
+    a, b = load_conversations([write_jsonl(data_dir / "video.jsonl", [listed, part])])
+    enc = encode(a, vl_processor)
+    assert_same(encode(b, vl_processor), enc)
+    video_positions = [i for i, t in enumerate(enc.input_ids) if t == vl_processor.video_token_id]
+    assert video_positions and all(enc.labels[i] == IGNORE for i in video_positions)
+    assert "pixel_values_videos" in enc.media
+
+
+def test_audio_rows_parse_and_wav_decodes(tmp_path, tiny_vl_dir):
+    import wave
+
+    import numpy as np
+
+    from tailorkit.data.media import load_audio
+    from tailorkit.errors import DataError
+
+    samples = (np.sin(np.linspace(0, 20, 800)) * 16000).astype(np.int16)
+    with wave.open(str(tmp_path / "a.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(samples.tobytes())
+    decoded, rate = load_audio("a.wav", str(tmp_path))
+    assert rate == 8000 and np.allclose(decoded, samples / 32768.0)
+    row = {"messages": [{"role": "user", "content": "<audio>What is it?"}, {"role": "assistant", "content": "a dog"}],
+           "audios": ["a.wav"]}
+    [conv] = load_conversations([write_jsonl(tmp_path / "audio.jsonl", [row])])
+    assert conv.audios == ["a.wav"] and conv.messages[0]["content"][0] == {"type": "audio"}
+    with pytest.raises(DataError, match=r"audio\.jsonl:1: audios: the row has audios but this model's processor"):
+        encode(conv, load_processor(str(tiny_vl_dir)))

@@ -68,9 +68,13 @@ def _images_of(conv: Conversation) -> list:
     return [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
 
 
-def _media_of(conv: Conversation) -> dict[str, list]:
+def _media_of(conv: Conversation, processor) -> dict[str, list]:
     """Decoded media of a conversation by kind (image, video, audio), in placeholder order."""
     where = dict(source=conv.source, line=conv.line)
+    for kind, owner in (("image", "image_processor"), ("video", "video_processor"), ("audio", "feature_extractor")):
+        if conv.media(kind) and not hasattr(processor, owner):
+            raise conv.error(f"the row has {kind}s but this model's processor has no {owner}", field=f"{kind}s",
+                             fix=f"use a model that takes {kind}s or remove them from the data")
     return {"image": _images_of(conv),
             "video": [load_video(src, conv.base_dir, **where) for src in conv.videos],
             "audio": [load_audio(src, conv.base_dir, **where)[0] for src in conv.audios]}
@@ -85,7 +89,7 @@ def _run(processor, text: str, media: dict[str, list], messages: list | None = N
 
 def encode_prompt(conv: Conversation, processor, images: list | None = None) -> Encoded:
     """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
-    media = _media_of(conv) if images is None else {"image": images, "video": [], "audio": []}
+    media = _media_of(conv, processor) if images is None else {"image": images, "video": [], "audio": []}
     text = render(processor, conv.messages, add_generation_prompt=True)
     out = _run(processor, text, media)
     return _to_encoded(out, labels=None)
@@ -93,7 +97,7 @@ def encode_prompt(conv: Conversation, processor, images: list | None = None) -> 
 
 def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
     """Encode a full conversation with labels on the assistant replies (and their end-of-turn token)."""
-    images = _media_of(conv)
+    images = _media_of(conv, processor)
     full = _run(processor, render(processor, conv.messages, False), images)
     ids = full["input_ids"][0].tolist()
     labels = [IGNORE] * len(ids)
