@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config.args import DataArgs, ModelArgs, TrainArgs, TunerArgs, _f
+from .config.args import SftConfig, _f
 from .data.validate import DataCheck, check_data, save_histogram, text_histogram
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .train.memory import MemoryEstimate, estimate_memory
 
 
@@ -24,20 +24,10 @@ class DoctorArgs:
 
 
 @dataclass
-class DoctorConfig:
-    """Everything `tailorkit doctor` reads: the training settings it checks, plus where its plot goes."""
+class DoctorConfig(SftConfig):
+    """The settings `tailorkit sft` takes (checked the same way), plus where the doctor's plot goes."""
 
-    model: ModelArgs = field(default_factory=ModelArgs)
-    data: DataArgs = field(default_factory=DataArgs)
-    tuner: TunerArgs = field(default_factory=TunerArgs)
-    train: TrainArgs = field(default_factory=TrainArgs)
     doctor: DoctorArgs = field(default_factory=DoctorArgs)
-
-    def __post_init__(self):
-        if not self.model.model:
-            raise ConfigError("--model is required: a hub id or a local model directory")
-        if not self.data.dataset:
-            raise ConfigError("--dataset is required: one or more datasets")
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from .encode import IGNORE, Encoded, media_token_ids
 
-STRATEGIES = ("raise", "delete", "left", "right")
 UNCUTTABLE = "longer than max_length, and a cut would hit media or leave no reply"
 
 

@@ -66,23 +66,37 @@ def meta_model(config, family: Family) -> torch.nn.Module:
         return getattr(transformers, family.auto_class).from_config(config)
 
 
+def _components(family: Family, tuner: TunerArgs) -> tuple[str, ...]:
+    comps = trained_components(tuner)
+    return comps if family.is_multimodal else tuple(c for c in comps if c not in ("vision", "aligner"))
+
+
 def trainable_count(model: torch.nn.Module, family: Family, tuner: TunerArgs) -> int:
     """Parameters the tuner plan trains: whole components (full) or LoRA A/B matrices on their linear layers."""
-    comps = trained_components(tuner)
-    if not family.is_multimodal:
-        comps = tuple(c for c in comps if c not in ("vision", "aligner"))
+    comps = _components(family, tuner)
     if tuner.train_type == "full":
         return sum(p.numel() for n, p in model.named_parameters() if family.component_of(n) in comps)
-    if tuner.target_modules == ["all-linear"]:
-        names = set(family.linear_leaf_names(model, tuple(c for c in comps if c not in ("lm_head", "other"))))
-    else:
-        pattern = re.compile(r"(^|\.)(" + "|".join(map(re.escape, tuner.target_modules)) + r")$")
-        names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pattern.search(n)}
     modules = dict(model.named_modules())
-    lora = sum(tuner.lora_rank * (modules[n].in_features + modules[n].out_features) for n in names)
+    lora = sum(tuner.lora_rank * (modules[n].in_features + modules[n].out_features)
+               for n in lora_target_names(model, family, tuner))
     saved = sum(p.numel() for n, p in model.named_parameters()
                 if any(n == m or n.startswith(m + ".") or f".{m}." in f".{n}" for m in tuner.modules_to_save))
     return lora + saved
+
+
+def lora_target_names(model: torch.nn.Module, family: Family, tuner: TunerArgs) -> set[str]:
+    """Names of the linear layers LoRA wraps under the tuner plan (as `tuners.plan.lora_targets` picks them)."""
+    comps = _components(family, tuner)
+    if tuner.target_modules == ["all-linear"]:
+        return set(family.linear_leaf_names(model, tuple(c for c in comps if c not in ("lm_head", "other"))))
+    pattern = re.compile(r"(^|\.)(" + "|".join(map(re.escape, tuner.target_modules)) + r")$")
+    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pattern.search(n)}
+
+
+def lora_input_width(model: torch.nn.Module, family: Family, tuner: TunerArgs) -> int:
+    """Sum of in_features over the LoRA-wrapped layers: per-token elements of the dropout copies."""
+    modules = dict(model.named_modules())
+    return sum(modules[n].in_features for n in lora_target_names(model, family, tuner))
 
 
 def estimate_memory(config, family: Family, tuner: TunerArgs, train: TrainArgs, *, dtype: torch.dtype,
@@ -102,18 +116,21 @@ def estimate_memory(config, family: Family, tuner: TunerArgs, train: TrainArgs, 
         gradients, optimizer = gradients // world_size, optimizer // world_size
     if stage == 3:
         weights //= world_size
-    acts = _activations(config, family, tuner, train, width, seq_len, media_tokens)
+    acts = _activations(config, model, family, tuner, train, width, seq_len, media_tokens)
     device, available = _device_memory()
     return MemoryEstimate(total_params=total, trainable_params=trainable, weights=weights, gradients=gradients,
                           optimizer=optimizer, activations=acts, available=available, device=device)
 
 
-def _activations(config, family: Family, tuner: TunerArgs, train: TrainArgs, width: int, seq_len: int,
+def _activations(config, model: torch.nn.Module, family: Family, tuner: TunerArgs, train: TrainArgs, width: int, seq_len: int,
                  media_tokens: int) -> int:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     tokens = train.per_device_train_batch_size * seq_len
     acts = _stack_bytes(text, tokens, width, train.gradient_checkpointing)
-    acts += tokens * text.vocab_size * 4 * 2  # fp32 logits and their gradient
+    # logits, plus in fp32: the shifted copy the loss reads, the log-probabilities kept for backward, their gradient
+    acts += tokens * text.vocab_size * (width + 3 * 4)
+    if tuner.train_type == "lora" and tuner.lora_dropout > 0:
+        acts += tokens * lora_input_width(model, family, tuner) * width  # peft's dropout copies each LoRA input
     vision = getattr(config, "vision_config", None)
     if vision is not None and "vision" in trained_components(tuner) and family.is_multimodal:
         patches = train.per_device_train_batch_size * media_tokens * 4  # 2x2 patches merged into one token
