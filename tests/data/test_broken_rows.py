@@ -140,3 +140,17 @@ def test_over_long_sample_under_each_strategy(long_rows, tiny_vl_dir):
     kept, report = encode_all(long_rows, proc, max_length=limit, truncation="right")
     # from the right both long samples would lose every supervised token (their replies are at the end)
     assert len(kept) == 1 and report.truncated == 0 and sum(report.skipped.values()) == 2
+
+
+def test_pretraining_rows_from_csv_and_their_errors(tmp_path):
+    from tailorkit.data.dataset import load_text_samples
+
+    good = tmp_path / "text.csv"
+    good.write_text('text\n"one document"\nanother\n')
+    assert [s.text for s in load_text_samples([f"{good}#3"], seed=0)].count("one document") >= 1
+    assert len(load_text_samples([f"{good}#3"])) == 3
+    bad = write(tmp_path, [{"text": "fine"}, {"text": "  "}, {"body": "x"}], name="text.jsonl")
+    with pytest.raises(DataError) as info:
+        load_text_samples([bad])
+    assert f"{bad}:2: text: 'text' is empty" in str(info.value)
+    assert f"{bad}:3: text: pre-training rows need a string 'text'" in str(info.value)

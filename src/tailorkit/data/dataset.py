@@ -61,8 +61,25 @@ def iter_conversations(spec: str, *, system: str | None = None, check_media: boo
 
     Under ``streaming`` a 'path#N' spec yields the first N rows (a stream cannot be shuffled or repeated).
     """
+    base = base_dir_of(split_spec(spec)[0])
+
+    def parse(row, path, line):
+        conv = parse_row(row, source=path, line=line, base_dir=base, system=system)
+        if check_media:
+            check_media_files(conv)
+        return conv
+
+    return _iter_parsed(spec, parse, errors=errors, streaming=streaming)
+
+
+def iter_text_samples(spec: str, *, errors: list | None = None, streaming: bool = False):
+    """Pre-training samples of one dataset spec, lazily; like `iter_conversations` for {"text": ...} rows."""
+    return _iter_parsed(spec, lambda row, path, line: parse_text_row(row, source=path, line=line), errors=errors,
+                        streaming=streaming)
+
+
+def _iter_parsed(spec: str, parse, *, errors: list | None, streaming: bool):
     path, n = split_spec(spec)
-    base = base_dir_of(path)
     count = 0
     for line, row in iter_rows(path, streaming=streaming):
         if streaming and n is not None and count >= n:
@@ -70,16 +87,14 @@ def iter_conversations(spec: str, *, system: str | None = None, check_media: boo
         try:
             if isinstance(row, DataError):
                 raise row
-            conv = parse_row(row, source=path, line=line, base_dir=base, system=system)
-            if check_media:
-                check_media_files(conv)
+            item = parse(row, path, line)
         except DataError as e:
             if errors is None:
                 raise
             errors.append(e)
             continue
         count += 1
-        yield conv
+        yield item
 
 
 def check_media_files(conv: Conversation) -> None:
@@ -93,18 +108,15 @@ def check_media_files(conv: Conversation) -> None:
 
 
 def load_text_samples(specs: list[str], *, seed: int = 42) -> list[TextSample]:
+    """Parse every pre-training row of every dataset; all errors found are reported together (up to 10)."""
     out, errors = [], []
     for spec in specs:
-        path, n = split_spec(spec)
-        samples = []
-        for line, row in iter_rows(path):
-            try:
-                if isinstance(row, DataError):
-                    raise row
-                samples.append(parse_text_row(row, source=path, line=line))
-            except DataError as e:
-                errors.append(e)
-        out.extend(sample_rows(samples, n, seed))
+        try:
+            samples = list(iter_text_samples(spec, errors=errors))
+        except DataError as e:
+            errors.append(e)
+            continue
+        out.extend(sample_rows(samples, split_spec(spec)[1], seed))
     _raise_collected(errors)
     return out
 
@@ -186,13 +198,7 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
     def items(self):
         for spec in self.specs:
             if self.text:
-                path, n = split_spec(spec)
-                for i, (line, row) in enumerate(iter_rows(path, streaming=True)):
-                    if n is not None and i >= n:
-                        break
-                    if isinstance(row, DataError):
-                        raise row
-                    yield parse_text_row(row, source=path, line=line)
+                yield from iter_text_samples(spec, streaming=True)
             else:
                 yield from iter_conversations(spec, system=self.system, streaming=True)
 

@@ -34,11 +34,11 @@ class Conversation:
 
     messages: list[dict]
     images: list = field(default_factory=list)
-    videos: list = field(default_factory=list)  # a video is a file/URL or a list of frame images
-    audios: list = field(default_factory=list)
     source: str | None = None  # file the row came from
     line: int | None = None  # 1-based line (jsonl, csv) or row index (json, parquet, datasets)
     base_dir: str | None = None  # folder that relative media paths resolve against
+    videos: list = field(default_factory=list)  # a video is a file/URL or a list of frame images
+    audios: list = field(default_factory=list)
     layout: str = "messages"  # the row layout it was read from
     rejected: list[dict] | None = None  # preference pair: the same prompt with the rejected reply
     label: bool | None = None  # KTO: whether the reply is desirable

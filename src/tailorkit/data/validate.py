@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .dataset import iter_conversations, scan_dataset
+from .dataset import iter_conversations, iter_text_samples, scan_dataset
 from .encode import encode, media_token_ids
-from .formats import MEDIA_KINDS, Conversation, parse_text_row
-from .sources import iter_rows, split_spec
+from .formats import MEDIA_KINDS, Conversation
 from .truncate import truncate
 
 PREFLIGHT_ROWS = 16
@@ -21,16 +20,9 @@ def preflight_stream(specs: list[str], *, system: str | None = None, text: bool 
                      rows: int = PREFLIGHT_ROWS) -> None:
     """Read and check the first ``rows`` rows of each dataset (a stream is checked in full as it is read)."""
     for spec in specs:
-        path, _ = split_spec(spec)
-        if text:
-            for i, (line, row) in enumerate(iter_rows(path, streaming=True)):
-                if i >= rows:
-                    break
-                if isinstance(row, DataError):
-                    raise row
-                parse_text_row(row, source=path, line=line)
-            continue
-        for i, _conv in enumerate(iter_conversations(spec, system=system, streaming=True)):
+        items = iter_text_samples(spec, streaming=True) if text else \
+            iter_conversations(spec, system=system, streaming=True)
+        for i, _item in enumerate(items):
             if i + 1 >= rows:
                 break
 
