@@ -18,8 +18,7 @@ from ..errors import DataError
 
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 # CSV cells of these columns hold JSON (lists of messages, media lists ...), decoded when they look like it.
-_JSON_COLUMNS = ("messages", "conversations", "history", "images", "videos", "audios", "rejected_messages",
-                 "rejected_images")
+_JSON_COLUMNS = ("messages", "conversations", "history", "images", "videos", "audios", "rejected_messages")
 
 
 def split_spec(spec: str) -> tuple[str, int | None]:

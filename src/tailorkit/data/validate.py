@@ -117,10 +117,13 @@ def save_histogram(lengths: list[int], path: str | Path, *, max_length: int) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(lengths, bins=min(50, max(1, len(set(lengths)))), color="tab:blue")
-    ax.axvline(max_length, color="tab:red", linestyle="--", label=f"max_length={max_length}")
+    if max_length <= 1.5 * max(lengths):
+        ax.axvline(max_length, color="tab:red", linestyle="--", label=f"max_length={max_length}")
+        ax.legend()
+    else:  # drawing it would squash the bars into one corner
+        ax.set_title(f"max_length={max_length} (beyond the longest row)")
     ax.set_xlabel("encoded length (tokens, media expanded)")
     ax.set_ylabel("rows")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
