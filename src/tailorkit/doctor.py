@@ -56,7 +56,7 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
     family = detect_family(config, m.model_type)
     processor = load_processor(m.model, m.trust_remote_code)
     budget = apply_media_budget(processor, m)
-    data = check_data(cfg.data.dataset, processor, max_length=cfg.data.max_length,
+    data = check_data(cfg.data.dataset + cfg.data.val_dataset, processor, max_length=cfg.data.max_length,
                       truncation=cfg.data.truncation_strategy, system=cfg.data.system)
     seq_len = min(max(data.lengths, default=1), cfg.data.max_length)
     world = torch.cuda.device_count() or 1
@@ -80,7 +80,8 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
 def _render(cfg: DoctorConfig, family: str, budget: dict, data: DataCheck, memory: MemoryEstimate,
             plot: Path | None, seq_len: int) -> str:
     d = cfg.data
-    out = [f"tailorkit doctor: model {cfg.model.model} (family {family}); datasets {', '.join(d.dataset)}"]
+    out = [f"tailorkit doctor: model {cfg.model.model} (family {family}); datasets "
+           f"{', '.join(d.dataset + d.val_dataset)}"]
     if budget:
         out.append(f"media budget: {budget}")
     out.append(f"\nrows: {data.rows} parsed, {len(data.lengths)} encoded, {len(data.errors)} with errors; by layout: "

@@ -50,3 +50,18 @@ def test_sft_with_pixel_budget_and_left_truncation(streaming, tiny_vl_dir, tmp_p
 def test_streaming_needs_max_steps(tiny_vl_dir, tmp_path):
     with pytest.raises(ConfigError, match="--streaming true needs --max_steps"):
         parse("sft", ["--model", str(tiny_vl_dir), "--dataset", _rows(tmp_path), "--streaming", "true"])
+
+
+def test_streaming_dataset_with_workers_yields_each_row_once(tiny_text_dir, tmp_path):
+    import torch
+
+    from tailorkit.data.dataset import StreamingEncoded, encode_all
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"query": f"{i} {i}", "response": "yes"}) + "\n" for i in range(7)))
+    tok = load_processor(str(tiny_text_dir))
+    eager, _ = encode_all(load_conversations([str(path)]), tok, max_length=512, truncation="raise")
+    stream = StreamingEncoded([str(path)], tok, max_length=512, truncation="raise")
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=lambda x: x, num_workers=2)
+    got = sorted(tuple(e.input_ids) for e in loader)
+    assert got == sorted(tuple(e.input_ids) for e in eager) and len(set(got)) == 7

@@ -186,7 +186,8 @@ def encode_one(item, processor, *, max_length: int, truncation: str, text: bool,
 class StreamingEncoded(torch.utils.data.IterableDataset):
     """--streaming: rows are read, checked and encoded lazily as training consumes them.
 
-    ``report`` counts skips and cuts so far; a broken row raises when the stream reaches it.
+    ``report`` counts skips and cuts so far (in this process: with --dataloader_num_workers the counts stay
+    in the workers); a broken row raises when the stream reaches it.
     """
 
     def __init__(self, specs: list[str], processor, *, max_length: int, truncation: str,
@@ -203,7 +204,10 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
                 yield from iter_conversations(spec, system=self.system, streaming=True)
 
     def __iter__(self):
-        for item in self.items():
+        info = torch.utils.data.get_worker_info()  # with dataloader workers, each encodes every k-th row
+        for i, item in enumerate(self.items()):
+            if info is not None and i % info.num_workers != info.id:
+                continue
             enc = encode_one(item, self.processor, report=self.report, **self.kwargs)
             if enc is not None:
                 self.report.kept += 1
