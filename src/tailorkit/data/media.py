@@ -84,8 +84,18 @@ def load_video(src, base_dir: str | None = None, *, source: str | None = None, l
         if not path.is_file():
             raise DataError(f"video file {path} does not exist", source=source, line=line, field=field,
                             fix="fix the path; relative paths resolve against the dataset file's folder")
+        _need_video_backend(str(path), source=source, line=line, field=field)
         return str(path)
     return src
+
+
+def _need_video_backend(path: str, **where) -> None:
+    """Video files are decoded by the processor through av, decord, torchcodec or opencv; one must be installed."""
+    import importlib.util
+
+    if not any(importlib.util.find_spec(m) for m in ("av", "decord", "torchcodec", "cv2")):
+        raise DataError(f"cannot decode video {path}: no video decoder is installed", **where,
+                        fix="pip install av, or give the video as a list of frame images")
 
 
 def load_audio(src, base_dir: str | None = None, *, source: str | None = None, line: int | None = None,

@@ -96,7 +96,8 @@ def _csv_rows(p: Path):
                         raise DataError(f"the cell is not valid JSON: {e.msg}", source=str(p), line=start,
                                         field=key, fix="quote the JSON list inside the CSV cell") from None
             if isinstance(row.get("label"), str):
-                row["label"] = {"true": True, "false": False}.get(row["label"].strip().lower(), row["label"])
+                row["label"] = {"true": True, "false": False, "1": True, "0": False}.get(
+                    row["label"].strip().lower(), row["label"])
             yield start, row
             start = reader.line_num + 1
 
