@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -114,8 +116,13 @@ def test_refuses_to_train_over_an_earlier_run(tiny_text_dir, tmp_path):
 def test_readme_command_shape_through_the_cli(tiny_vl_dir, vl_data, tmp_path):
     code = main(["sft", "--model", str(tiny_vl_dir), "--dataset", f"{vl_data}#8", "--train_type", "lora",
                  "--torch_dtype", "float32", "--num_train_epochs", "1", "--learning_rate", "1e-4",
-                 "--gradient_accumulation_steps", "2", "--max_length", "512", "--output_dir", str(tmp_path / "out")])
+                 "--gradient_accumulation_steps", "2", "--max_length", "512", "--output_dir", str(tmp_path / "out"),
+                 "--gradient_checkpointing", "true", "--split_dataset_ratio", "0.25", "--save_steps", "2",
+                 "--logging_steps", "1", "--system", "Answer with one word."])
     assert code == 0
     assert (tmp_path / "out" / "checkpoint-final" / "adapter_model.safetensors").is_file()
-    rows = (tmp_path / "out" / "logging.jsonl").read_text().splitlines()
-    assert rows and "train_runtime" in rows[-1]
+    rows = [json.loads(r) for r in (tmp_path / "out" / "logging.jsonl").read_text().splitlines()]
+    assert "train_runtime" in rows[-1]
+    assert any("eval_loss" in r for r in rows)  # 2 of the 8 rows were held out and evaluated
+    saved = yaml.safe_load((tmp_path / "out" / "args.yaml").read_text())
+    assert saved["system"] == "Answer with one word." and saved["gradient_checkpointing"] is True
