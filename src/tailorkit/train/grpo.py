@@ -176,6 +176,7 @@ class GrpoAlgorithm:
         columns = {k: [s.columns.get(k) for s in samples for _ in range(self.num_generations)]
                    for k in sorted({k for s in samples for k in s.columns})}
         columns["completion_lengths"] = [len(c) for c in completions]
+        columns["completion_ids"] = completions
         total, per_func = self.rewards.score(texts, columns)
         device = trainer.accelerator.device
         rewards = torch.tensor(total, dtype=torch.float32, device=device)

@@ -6,7 +6,8 @@ A reward function has the signature::
 
 ``completions`` are the decoded replies of one training step (each prompt repeated
 ``--num_generations`` times, in order); ``columns`` holds every other column of the dataset rows
-(``solution``, ...), one value per completion, plus ``completion_lengths`` (tokens per completion).
+(``solution``, ...), one value per completion, plus ``completion_ids`` (the generated token ids, end of
+sequence included) and ``completion_lengths`` (their counts).
 ``None`` means "does not apply to this sample" and counts as 0 after weighting.
 A file passed with ``--external_plugins my_rewards.py`` makes each of its public functions usable by
 name in ``--reward_funcs``.
