@@ -192,7 +192,7 @@ class GrpoAlgorithm:
                              beta=self.beta, epsilon=self.epsilon, epsilon_high=self.epsilon_high,
                              loss_type=self.loss_type, importance_sampling_level=self.importance_sampling_level,
                              max_completion_length=self.max_completion_length)
-        mean_kl = None if kl is None else float((kl * mask).sum() / mask.sum().clamp(min=1))
+        mean_kl = None if kl is None else float((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
         if model.training:
             self.alarms.check(rewards, advantages, self.num_generations, mean_kl)
         grouped = rewards.view(-1, self.num_generations)

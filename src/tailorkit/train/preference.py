@@ -170,7 +170,9 @@ class Metrics:
         mode = "train" if model.training else "eval"
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                value = value.float().mean().item() if value.numel() else float("nan")
+                if not value.numel():  # e.g. no undesirable sample in this KTO batch
+                    continue
+                value = value.float().mean().item()
             self.values[mode][key].append(float(value))
 
     def pop(self, logs: dict) -> dict:
