@@ -58,9 +58,12 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
     """Preference or reinforcement training as chosen by ``cfg.rlhf.rlhf_type``."""
     from transformers import set_seed
 
+    from accelerate import PartialState
+
     r = cfg.rlhf
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg)
+    PartialState().wait_for_everyone()  # under torchrun: every rank checks before rank 0 writes into output_dir
     seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
     parse = {"kto": parse_kto_row, "grpo": parse_prompt_row}.get(r.rlhf_type, parse_preference_row)
     train_items = load_rows(cfg.data.dataset, parse, system=cfg.data.system, seed=seed)
@@ -91,18 +94,22 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
     if not train_set:
         raise ConfigError("no training sample is left after encoding")
 
-    out.mkdir(parents=True, exist_ok=True)
     write_config = _config_writer(cfg)
-    write_config(out)
     algorithm = make_algorithm(cfg, bundle, ReferenceModel(frozen_copy))
     trainer = _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, write_config)
+    main = trainer.is_world_process_zero()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out)
     print(f"[tailorkit] world size {trainer.args.world_size}")
     trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
 
     final = out / FINAL_DIR
-    trainer.save_model(str(final))
-    write_config(final)
-    plot = plot_loss(out)
+    trainer.save_model(str(final))  # writes on the main process only
+    plot = None
+    if main:
+        write_config(final)
+        plot = plot_loss(out)
     print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
     from ..data.dataset import EncodeReport
     return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
