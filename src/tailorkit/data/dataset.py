@@ -68,8 +68,12 @@ def sample_rows(items: list, n: int | None, seed: int) -> list:
 
 
 def load_conversations(specs: list[str], *, system: str | None = None, seed: int = 42,
-                       check_media: bool = True) -> list[Conversation]:
-    """Parse every row of every dataset; all errors found are reported together (up to 10)."""
+                       check_media: bool = True, parse=parse_row, convs_of=lambda item: [item]) -> list[Conversation]:
+    """Parse every row of every dataset; all errors found are reported together (up to 10).
+
+    ``parse`` (a row parser with parse_row's signature) and ``convs_of`` (the Conversations inside
+    what it returns) let other layouts, such as preference pairs, share this loop.
+    """
     out, errors = [], []
     for spec in specs:
         path, n = split_spec(spec)
@@ -77,12 +81,12 @@ def load_conversations(specs: list[str], *, system: str | None = None, seed: int
         convs = []
         for line, row in iter_rows(path):
             try:
-                conv = parse_row(row, source=path, line=line, base_dir=base, system=system)
-                if check_media:
+                item = parse(row, source=path, line=line, base_dir=base, system=system)
+                for conv in convs_of(item) if check_media else []:
                     for src in conv.images:
                         if not media_exists(src, base):
                             raise conv.error(f"image file {resolve_path(src, base)} does not exist", field="images")
-                convs.append(conv)
+                convs.append(item)
             except DataError as e:
                 errors.append(e)
         out.extend(sample_rows(convs, n, seed))

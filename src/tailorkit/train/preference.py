@@ -129,6 +129,12 @@ def token_logps(model, batch: dict, prefix: str = "", temperature: float = 1.0):
     return -shifted_token_nll(logits, labels), labels[:, 1:] != IGNORE
 
 
+def sequence_logps(model, batch: dict, prefix: str = ""):
+    """Summed log-prob of each sequence's supervised tokens."""
+    per_token, mask = token_logps(model, batch, prefix)
+    return (per_token * mask).sum(-1)
+
+
 def chosen_nll(per_token, mask, n_chosen: int):
     """Mean NLL over the chosen replies' tokens (the first ``n_chosen`` rows)."""
     return -per_token[:n_chosen][mask[:n_chosen]].mean()
@@ -212,8 +218,7 @@ class DpoAlgorithm:
             ref_c, ref_r = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
             with self.reference.active(trainer, model) as ref:
-                ref_tok, _ = token_logps(ref, inputs)
-            ref_c, ref_r = (ref_tok * mask).sum(-1).chunk(2)
+                ref_c, ref_r = sequence_logps(ref, inputs).chunk(2)
         lengths = mask.sum(-1)
         losses, cr, rr = dpo_loss(logps[:n], logps[n:], ref_c, ref_r, beta=self.beta, loss_type=self.loss_type,
                                   label_smoothing=self.label_smoothing, chosen_lengths=lengths[:n],
@@ -270,18 +275,14 @@ class KtoAlgorithm:
         self.metrics = Metrics()
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False):
-        per_token, mask = token_logps(model, inputs)
-        logps = (per_token * mask).sum(-1)
+        logps = sequence_logps(model, inputs)
         with torch.no_grad():
-            kl_tok, kl_mask = token_logps(model, inputs, prefix="kl_")
-        kl_logps = (kl_tok * kl_mask).sum(-1)
+            kl_logps = sequence_logps(model, inputs, prefix="kl_")
         if "ref_logps" in inputs:
             ref_logps, ref_kl = inputs["ref_logps"], inputs["ref_kl_logps"]
         else:
             with self.reference.active(trainer, model) as ref:
-                ref_tok, _ = token_logps(ref, inputs)
-                ref_kl_tok, _ = token_logps(ref, inputs, prefix="kl_")
-            ref_logps, ref_kl = (ref_tok * mask).sum(-1), (ref_kl_tok * kl_mask).sum(-1)
+                ref_logps, ref_kl = sequence_logps(ref, inputs), sequence_logps(ref, inputs, prefix="kl_")
         labels = inputs["label"].bool()
         loss, cr, rr, kl = kto_loss(logps, ref_logps, labels, kl_logps, ref_kl, beta=self.beta,
                                     desirable_weight=self.desirable_weight,
@@ -324,14 +325,12 @@ def precompute_reference(items: list, collate, model, *, batch_size: int = 8) ->
         for i in range(0, len(items), batch_size):
             chunk = items[i: i + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk).items()}
-            tok, mask = token_logps(model, batch)
-            logps = (tok * mask).sum(-1).tolist()
+            logps = sequence_logps(model, batch).tolist()
             if isinstance(chunk[0], EncodedPair):
                 for item, c, r in zip(chunk, logps[: len(chunk)], logps[len(chunk):]):
                     item.ref_chosen_logps, item.ref_rejected_logps = c, r
             else:
-                kl_tok, kl_mask = token_logps(model, batch, prefix="kl_")
-                for item, lp, kl in zip(chunk, logps, (kl_tok * kl_mask).sum(-1).tolist()):
+                for item, lp, kl in zip(chunk, logps, sequence_logps(model, batch, prefix="kl_").tolist()):
                     item.ref_logps, item.ref_kl_logps = lp, kl
     finally:
         model.train(was_training)

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..data.collate import Collator
-from ..data.dataset import _raise_collected, iter_rows, sample_rows, split_spec
+from ..data.dataset import load_conversations
 from ..data.encode import Encoded, encode, encode_prompt
 from ..data.formats import Conversation, parse_row
-from ..data.media import media_exists, resolve_path
 from ..errors import DataError, TooLongError
 
 PREFERENCE_KEYS = ("rejected_response", "rejected_messages", "rejected_images")
@@ -120,24 +118,7 @@ def parse_prompt_row(row, *, source=None, line=None, base_dir=None, system=None)
 
 def load_rows(specs: list[str], parse, *, system: str | None = None, seed: int = 42) -> list:
     """Parse every row of every dataset with ``parse``; all errors are reported together."""
-    out, errors = [], []
-    for spec in specs:
-        path, n = split_spec(spec)
-        base = str(Path(path).resolve().parent)
-        items = []
-        for line, row in iter_rows(path):
-            try:
-                item = parse(row, source=path, line=line, base_dir=base, system=system)
-                for conv in _convs_of(item):
-                    for src in conv.images:
-                        if not media_exists(src, base):
-                            raise conv.error(f"image file {resolve_path(src, base)} does not exist", field="images")
-                items.append(item)
-            except DataError as e:
-                errors.append(e)
-        out.extend(sample_rows(items, n, seed))
-    _raise_collected(errors)
-    return out
+    return load_conversations(specs, system=system, seed=seed, parse=parse, convs_of=_convs_of)
 
 
 def _convs_of(item) -> list[Conversation]:
