@@ -41,7 +41,7 @@ def _colour_pairs(folder: Path, n: int) -> str:
 
 
 def _run(argv: list[str]):
-    return rlhf(parse("rlhf", argv + COMMON))
+    return rlhf(parse("rlhf", COMMON + argv))
 
 
 def _logs(result, key):
@@ -84,12 +84,17 @@ def test_kto_unpaired(tiny_text_dir, tmp_path):
     bad = [{"messages": [{"role": "user", "content": f"What is the {w}?"},
                          {"role": "assistant", "content": "no"}], "label": False} for w in WORDS[:7]]
     data = _write(tmp_path / "kto.jsonl", good + bad)
+    val = _write(tmp_path / "val.jsonl", good[:2] + bad[:2])
     result = _run(["--rlhf_type", "kto", "--model", str(tiny_text_dir), "--dataset", data, "--learning_rate", "5e-3",
+                   "--val_dataset", val, "--eval_steps", "10", "--save_steps", "10", "--save_strategy", "steps",
                    "--per_device_train_batch_size", "4", "--max_steps", "20", "--logging_steps", "5",
                    "--desirable_weight", "1.0", "--undesirable_weight", "1.5", "--output_dir", str(tmp_path / "out")])
     losses, chosen, rejected = _logs(result, "loss"), _logs(result, "rewards/chosen"), _logs(result, "rewards/rejected")
     assert losses[-1] < losses[0]
     assert chosen[-1] > 0 > rejected[-1], (chosen, rejected)
+    eval_losses = _logs(result, "eval_loss")
+    assert len(eval_losses) == 2 and eval_losses[1] < eval_losses[0]
+    assert len(_logs(result, "eval_kl")) == 2
 
 
 def _rm_rows(words, good: str, bad: str):
@@ -178,11 +183,11 @@ def test_grpo_vl_step_with_images(tiny_vl_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_dpo_frozen_copy_equals_precomputed_reference(tiny_text_dir, tmp_path):
+def test_full_dpo_reference_copy_precomputed_and_ref_model_agree(tiny_text_dir, tmp_path):
     rows = _rm_rows(WORDS[:6], "yes thank you", "no the dog")
     data = _write(tmp_path / "pref.jsonl", rows)
     first_losses = []
-    for i, extra in enumerate([[], ["--precompute_ref_log_probs", "true"]]):
+    for i, extra in enumerate([[], ["--precompute_ref_log_probs", "true"], ["--ref_model", str(tiny_text_dir)]]):
         result = _run(["--rlhf_type", "dpo", "--model", str(tiny_text_dir), "--dataset", data, "--train_type", "full",
                        "--learning_rate", "1e-3", "--per_device_train_batch_size", "2", "--max_steps", "3",
                        "--logging_steps", "1", "--output_dir", str(tmp_path / f"out{i}"), *extra])
@@ -190,3 +195,5 @@ def test_full_dpo_frozen_copy_equals_precomputed_reference(tiny_text_dir, tmp_pa
     # Step 1: policy == reference, so the sigmoid loss is log 2 in both runs; later steps agree too.
     assert first_losses[0][0] == pytest.approx(math.log(2), abs=1e-4)
     assert first_losses[0] == pytest.approx(first_losses[1], abs=1e-4)
+    assert first_losses[0] == pytest.approx(first_losses[2], abs=1e-4)
+    assert first_losses[0][-1] < first_losses[0][0]

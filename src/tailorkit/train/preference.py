@@ -193,7 +193,7 @@ class Metrics:
 def _finish(trainer, model, loss, return_outputs):
     if model.training:
         loss = loss / trainer.current_gradient_accumulation_steps
-    return (loss, None) if return_outputs else loss
+    return (loss, {}) if return_outputs else loss  # no logits: the Trainer runs with prediction_loss_only
 
 
 # ---- algorithms ----------------------------------------------------------------------------------------------
