@@ -149,3 +149,40 @@ def test_rollout_prompt_must_equal_training_encoding(tiny_text_dir, monkeypatch)
     algo = grpo_module.GrpoAlgorithm(tok, None, num_generations=2, max_completion_length=4)
     with pytest.raises(DataError, match="differs from the training encoding"):
         algo.rollout(Model(), [PromptSample(sample.conv, {})])
+
+
+def test_flat_margin_alarm_when_reference_is_the_policy():
+    from types import SimpleNamespace
+
+    from tailorkit.train.preference import DpoAlgorithm, ReferenceModel
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, seed):
+            super().__init__()
+            self.emb = torch.nn.Embedding(11, 11)
+            torch.nn.init.normal_(self.emb.weight, generator=torch.Generator().manual_seed(seed))
+
+        def forward(self, input_ids, **_):
+            return SimpleNamespace(logits=self.emb(input_ids))
+
+    ids = torch.tensor([[1, 2, 3, 4], [1, 2, 5, 6], [1, 2, 7, 8], [1, 2, 9, 10]])  # chosen x2, rejected x2
+    labels = ids.clone()
+    labels[:, :2] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu"),
+                                                          unwrap_model=lambda m: m),
+                              current_gradient_accumulation_steps=2)
+
+    def alarms(policy, reference):
+        algo = DpoAlgorithm(beta=0.1, loss_type="sigmoid", reference=reference, alarm_steps=3)
+        policy.train()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(6):  # 3 optimizer steps of 2 micro-batches
+                algo.compute_loss(trainer, policy, batch)
+        return [w for w in caught if issubclass(w.category, RewardAlarm)]
+
+    same = Tiny(0)
+    flagged = alarms(same, ReferenceModel(Tiny(0)))
+    assert len(flagged) == 1 and "identical for 3 steps" in str(flagged[0].message)
+    assert alarms(Tiny(0), ReferenceModel(Tiny(1))) == []

@@ -203,7 +203,8 @@ class RlhfArgs:
     format_pattern: str = _f(r"^<think>.*?</think>\s*<answer>.*?</answer>$", "grpo: regex of the format reward")
     soft_cache_length: int | None = _f(None, "grpo: soft_overlong reward: penalty ramps over the last N tokens "
                                        "before --max_completion_length (default: a quarter of it)")
-    reward_alarm_steps: int = _f(5, "grpo: warn when every group's reward is constant for this many steps")
+    reward_alarm_steps: int = _f(5, "warn when rewards are flat this many steps (grpo: constant in every group; "
+                                 "dpo, kto, rm: chosen and rejected identical)")
     kl_alarm: float = _f(10.0, "grpo: warn when the mean KL to the reference exceeds this")
 
     def __post_init__(self):

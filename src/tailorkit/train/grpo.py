@@ -17,15 +17,12 @@ import torch
 from ..data.collate import Collator
 from ..data.encode import IGNORE, Encoded
 from ..infer.engine import left_pad
-from .preference import Metrics, ReferenceModel, _finish, token_logps
+from .preference import Metrics, ReferenceModel, RewardAlarm, _finish, token_logps
 from .preference_data import check_prompt_matches, prompt_encoding
 from .rewards import RewardSet
 
 GRPO_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo")
-
-
-class RewardAlarm(UserWarning):
-    """Training runs but cannot learn (constant rewards, zero advantages) or drifts (exploding KL)."""
+__all__ = ["GRPO_LOSSES", "GrpoAlgorithm", "RewardAlarm", "RolloutAlarms", "group_advantages", "grpo_loss"]
 
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale: str = "group") -> torch.Tensor:

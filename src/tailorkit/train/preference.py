@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections import defaultdict
 
 import torch
@@ -166,6 +167,32 @@ class ReferenceModel:
                 yield unwrapped
 
 
+class RewardAlarm(UserWarning):
+    """Training runs but cannot learn (flat margins, constant rewards, zero advantages) or drifts (KL)."""
+
+
+class FlatMarginAlarm:
+    """Warns when chosen and rejected get identical rewards for ``steps`` optimizer steps in a row.
+
+    That means the policy equals its reference (nothing trains, or the reference is the policy
+    itself) or the reward head ignores its input: the loss stays at its starting value.
+    """
+
+    def __init__(self, steps: int = 5):
+        self.steps, self.streak = steps, 0
+
+    def check(self, trainer, model, chosen_rewards, rejected_rewards) -> None:
+        if not model.training:
+            return
+        flat = bool(torch.equal(chosen_rewards, rejected_rewards)) if chosen_rewards.shape == rejected_rewards.shape \
+            else bool((chosen_rewards == 0).all() and (rejected_rewards == 0).all())
+        self.streak = self.streak + 1 if flat else 0
+        if self.streak == self.steps * trainer.current_gradient_accumulation_steps:
+            warnings.warn(f"chosen and rejected rewards have been identical for {self.steps} steps: the policy "
+                          "equals the reference (is anything trainable? is --ref_model the model being trained?) "
+                          "and the loss cannot move", RewardAlarm, stacklevel=3)
+
+
 class Metrics:
     """Per-step values averaged into the next log record; train and eval kept apart."""
 
@@ -203,12 +230,13 @@ class DpoAlgorithm:
     batch (precomputed) or from the reference model."""
 
     def __init__(self, *, beta: float, loss_type: str, label_smoothing: float = 0.0, rpo_alpha: float | None = None,
-                 reference: ReferenceModel | None = None):
+                 reference: ReferenceModel | None = None, alarm_steps: int = 5):
         if loss_type not in DPO_LOSSES:
             raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {', '.join(DPO_LOSSES)}")
         self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = beta, loss_type, label_smoothing, rpo_alpha
         self.reference = reference or ReferenceModel()
         self.metrics = Metrics()
+        self.alarm = FlatMarginAlarm(alarm_steps)
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False):
         per_token, mask = token_logps(model, inputs)
@@ -226,6 +254,7 @@ class DpoAlgorithm:
         loss = losses.mean()
         if self.rpo_alpha:
             loss = loss + self.rpo_alpha * chosen_nll(per_token, mask, n)
+        self.alarm.check(trainer, model, cr, rr)
         self.metrics.add(model, **{"rewards/chosen": cr, "rewards/rejected": rr, "rewards/margins": cr - rr,
                                    "rewards/accuracies": (cr > rr).float(), "logps/chosen": logps[:n].detach(),
                                    "logps/rejected": logps[n:].detach()})
@@ -269,10 +298,11 @@ class KtoAlgorithm:
     """KTO on unpaired samples; the KL estimate uses each prompt with another sample's reply."""
 
     def __init__(self, *, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-                 reference: ReferenceModel | None = None):
+                 reference: ReferenceModel | None = None, alarm_steps: int = 5):
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
         self.reference = reference or ReferenceModel()
         self.metrics = Metrics()
+        self.alarm = FlatMarginAlarm(alarm_steps)
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False):
         logps = sequence_logps(model, inputs)
@@ -287,6 +317,7 @@ class KtoAlgorithm:
         loss, cr, rr, kl = kto_loss(logps, ref_logps, labels, kl_logps, ref_kl, beta=self.beta,
                                     desirable_weight=self.desirable_weight,
                                     undesirable_weight=self.undesirable_weight)
+        self.alarm.check(trainer, model, cr, rr)
         self.metrics.add(model, **{"kl": kl, "rewards/chosen": cr, "rewards/rejected": rr})
         return _finish(trainer, model, loss, return_outputs)
 
@@ -297,14 +328,16 @@ class KtoAlgorithm:
 class RewardModelAlgorithm:
     """Reward model on chosen/rejected pairs: a sequence-classification head scores each conversation."""
 
-    def __init__(self, *, center_rewards_coefficient: float | None = None):
+    def __init__(self, *, center_rewards_coefficient: float | None = None, alarm_steps: int = 5):
         self.center_rewards_coefficient = center_rewards_coefficient
         self.metrics = Metrics()
+        self.alarm = FlatMarginAlarm(alarm_steps)
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False):
         rewards = model(**model_inputs(inputs), use_cache=False).logits.squeeze(-1).float()
         chosen, rejected = rewards.chunk(2)
         loss = reward_model_loss(chosen, rejected, center_rewards_coefficient=self.center_rewards_coefficient)
+        self.alarm.check(trainer, model, chosen.detach(), rejected.detach())
         self.metrics.add(model, accuracy=(chosen > rejected).float(), margin=(chosen - rejected).detach(),
                          mean_reward=rewards.detach())
         return _finish(trainer, model, loss, return_outputs)

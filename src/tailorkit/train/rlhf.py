@@ -147,16 +147,18 @@ def make_algorithm(cfg: RlhfConfig, bundle: ModelBundle, reference: ReferenceMod
     r = cfg.rlhf
     if r.rlhf_type == "dpo":
         return DpoAlgorithm(beta=r.beta, loss_type=r.loss_type, label_smoothing=r.label_smoothing,
-                            rpo_alpha=r.rpo_alpha, reference=reference)
+                            rpo_alpha=r.rpo_alpha, reference=reference, alarm_steps=r.reward_alarm_steps)
     if r.rlhf_type in ("orpo", "simpo", "cpo"):
         return ReferenceFreeAlgorithm(r.rlhf_type, beta=r.beta, loss_type=r.loss_type or "sigmoid",
                                       label_smoothing=r.label_smoothing, simpo_gamma=r.simpo_gamma,
                                       cpo_alpha=r.cpo_alpha)
     if r.rlhf_type == "kto":
         return KtoAlgorithm(beta=r.beta, desirable_weight=r.desirable_weight,
-                            undesirable_weight=r.undesirable_weight, reference=reference)
+                            undesirable_weight=r.undesirable_weight, reference=reference,
+                            alarm_steps=r.reward_alarm_steps)
     if r.rlhf_type == "rm":
-        return RewardModelAlgorithm(center_rewards_coefficient=r.center_rewards_coefficient)
+        return RewardModelAlgorithm(center_rewards_coefficient=r.center_rewards_coefficient,
+                                    alarm_steps=r.reward_alarm_steps)
     rewards = build_rewards(r.reward_funcs, r.reward_weights, r.external_plugins, format_pattern=r.format_pattern,
                             max_completion_length=r.max_completion_length, soft_cache_length=r.soft_cache_length)
     return GrpoAlgorithm(bundle.processor, rewards, num_generations=r.num_generations,
