@@ -64,6 +64,9 @@ def test_rlhf_config_from_ms_swift_flags():
     grpo = parse("rlhf", ["--rlhf_type", "grpo", "--model", "m", "--dataset", "d.jsonl"])
     assert (grpo.rlhf.beta, grpo.rlhf.loss_type) == (0.04, "grpo")
     assert "rlhf_type" in grpo.flat() and grpo.flat()["num_generations"] == 4
+    from tailorkit.config.args import RlhfConfig
+    from tailorkit.config.loading import build_config
+    assert build_config(RlhfConfig, cfg.flat()).flat() == cfg.flat()  # args.yaml feeds back unchanged
     with pytest.raises(ConfigError, match="loss_type 'dapo' does not apply to rlhf_type dpo"):
         parse("rlhf", ["--rlhf_type", "dpo", "--model", "m", "--dataset", "d.jsonl", "--loss_type", "dapo"])
     with pytest.raises(ConfigError, match="num_generations"):

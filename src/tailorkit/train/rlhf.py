@@ -110,7 +110,7 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
     if main:
         write_config(final)
         plot = plot_loss(out)
-    print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
+        print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
     from ..data.dataset import EncodeReport
     return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
                        report=EncodeReport(kept=len(train_set)), trainable_params=trainable, total_params=total,
