@@ -25,9 +25,13 @@ def _verbs() -> dict[str, Verb]:
     from .doctor import DoctorConfig, doctor
     from .models.tiny_cli import TinyConfig, tiny
     from .train.sft import pt, sft
+    from .config.args import RlhfConfig
+    from .train.rlhf import rlhf
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),
         "pt": Verb("continued pre-training on raw text (loss on every token)", SftConfig, pt),
+        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), grpo",
+                     RlhfConfig, rlhf),
         "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", DemoConfig,
                      demo),
         "doctor": Verb("check model, processor and data (every row, media file and encoded length) and estimate "
