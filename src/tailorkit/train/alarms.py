@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from transformers import TrainerCallback
 from ..data.encode import IGNORE
 
 logger = logging.getLogger("tailorkit.alarms")
+SILENT_STEPS = 3  # steps after which trainable tensors that never got a gradient raise zero_grad
 
 CAUSES = {
     "non_finite": "a learning rate that is too high, fp16 overflow (train in bfloat16 or float32), or a corrupt "
@@ -65,6 +67,8 @@ class AlarmCallback(TrainerCallback):
         self._step = 0
         self._step_supervised = 0
         self._step_nonfinite_loss = False
+        self._silent: set[str] | None = None
+        self._silent_steps = 0
 
     def observe_batch(self, inputs: dict, loss: torch.Tensor) -> None:
         """Per micro-batch: supervised-token count and loss finiteness (the logged loss hides NaN)."""
@@ -83,22 +87,42 @@ class AlarmCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._step = state.global_step + 1
-        params = [p for p in model.parameters() if p.requires_grad] if model is not None and self.check_grads else []
-        norm = grad_norm(params)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if (
+            model is not None and self.check_grads) else []
+        norms = grad_norms([p for _, p in named])
+        norm = torch.linalg.vector_norm(norms) if named else torch.tensor(0.0)
         if self._step_nonfinite_loss or not torch.isfinite(norm):
             what = "loss" if self._step_nonfinite_loss else "gradient norm"
             self.raise_alarm("non_finite", f"{what} is NaN or infinite; this step's update is dropped and training "
                              "stops", fatal=True)
-            for p in params:
+            for _, p in named:
                 p.grad = None  # the optimizer skips parameters without gradients: weights stay the last good ones
-        elif params and float(norm) == 0.0 and self._step_supervised > 0:
-            self.raise_alarm("zero_grad", f"the gradient of all {len(params)} trainable tensors is exactly 0")
+        elif named and float(norm) == 0.0 and self._step_supervised > 0:
+            self.raise_alarm("zero_grad", f"the gradient of all {len(named)} trainable tensors is exactly 0")
+        elif named:
+            self._track_silent(named, norms)
         if optimizer is not None and state.global_step >= args.get_warmup_steps(state.max_steps):
             lr = max(g["lr"] for g in optimizer.param_groups)
             if lr == 0:
                 self.raise_alarm("zero_lr", f"learning rate is 0 after warm-up ({args.lr_scheduler_type} schedule)")
         self._step_supervised = 0
         self._step_nonfinite_loss = False
+
+    def _track_silent(self, named, norms) -> None:
+        """Trainable tensors with no gradient in any of the first SILENT_STEPS steps: a no-op part of the adapter.
+
+        One step is not enough: a fresh LoRA A matrix gets a zero gradient until B has moved.
+        """
+        if self._silent_steps >= SILENT_STEPS:
+            return
+        if self._silent is None:
+            self._silent = {n for n, _ in named}
+        self._silent -= {n for (n, _), v in zip(named, norms.tolist()) if v != 0}
+        self._silent_steps += 1
+        if self._silent_steps == SILENT_STEPS and self._silent:
+            shown = ", ".join(sorted(self._silent)[:3]) + (", ..." if len(self._silent) > 3 else "")
+            self.raise_alarm("zero_grad", f"{len(self._silent)} of {len(named)} trainable tensors got no gradient in "
+                             f"{SILENT_STEPS} steps ({shown})")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.fatal is not None:
@@ -126,8 +150,9 @@ class AlarmCallback(TrainerCallback):
             return  # counted; the first one was reported
         self.alarms.append(alarm)
         text = f"[tailorkit] ALARM {alarm}" + (" (fatal)" if alarm.fatal else "")
-        logger.warning(text)
-        tqdm.write(text)
+        if logger.hasHandlers():  # else logging's last-resort handler would print it a second time
+            logger.warning(text)
+        tqdm.write(text, file=sys.stderr)
         if self.log_file is not None:
             with open(self.log_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": alarm.step, "alarm": kind, "message": str(alarm),
@@ -142,10 +167,9 @@ class AlarmCallback(TrainerCallback):
                 for kind, a in first.items()]
 
 
-def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm over the gradients of ``params`` (missing gradients count as 0)."""
-    grads = [p.grad.detach().float() for p in params if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    device = grads[0].device
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g).to(device) for g in grads]))
+def grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each parameter's gradient (0 where it has none)."""
+    grads = [p.grad for p in params]
+    device = next((g.device for g in grads if g is not None), torch.device("cpu"))
+    return torch.stack([torch.linalg.vector_norm(g.detach().float()).to(device) if g is not None
+                        else torch.zeros((), device=device) for g in grads]) if grads else torch.zeros(0)
