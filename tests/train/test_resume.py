@@ -80,9 +80,9 @@ def test_killed_at_several_points_resumes_to_bitwise_identical_weights(tiny_text
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert (out / "checkpoint-4" / "trainer_state.json").is_file() and pointed(out) == "checkpoint-3"
 
-    r = run_child("kill_mid_step", 6, resume)  # SIGKILL between the micro-batches of step 6 (second epoch)
+    r = run_child("kill_mid_step", 7, resume)  # SIGKILL between the micro-batches of step 7 (second epoch)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
-    assert pointed(out) == "checkpoint-4" and not (out / "checkpoint-6").exists()
+    assert pointed(out) == "checkpoint-6" and not (out / "checkpoint-7").exists()
 
     result = sft(parse("sft", resume))
     got = load_file(result.final_dir / ADAPTER)

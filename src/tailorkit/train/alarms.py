@@ -82,6 +82,10 @@ class AlarmCallback(TrainerCallback):
         if not bool(torch.isfinite(loss.detach()).all()):
             self._step_nonfinite_loss = True
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            self.log_file = None  # one process writes the log
+
     def on_step_begin(self, args, state, control, **kwargs):
         self._step = state.global_step + 1
 

@@ -54,28 +54,38 @@ class CheckpointWriter:
         self.write_files = write_files
         self.staging = self.output_dir / STAGING_DIR
 
-    def publish(self, name: str, write: Callable[[Path], None], point_last: bool = True) -> Path:
+    def publish(self, name: str, write: Callable[[Path], None], point_last: bool = True, *, is_main: bool = True,
+                barrier: Callable[[], None] | None = None) -> Path:
         """Run ``write(folder)`` into a staging folder, then rename it to ``output_dir/name``.
 
         Any failure (a full disk above all) removes the staging folder and raises CheckpointError; the
-        previously published checkpoints and ``last`` are untouched.
+        previously published checkpoints and ``last`` are untouched. With several processes every one calls
+        this (``barrier`` waits for all): each writes its share into the staging folder, the main one renames.
         """
         final = self.output_dir / name
         staged = self.staging / name
-        shutil.rmtree(self.staging, ignore_errors=True)
-        staged.mkdir(parents=True)
+        wait = barrier or (lambda: None)
+        if is_main:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            staged.mkdir(parents=True)
+        wait()
         try:
             write(staged)
-            if self.write_files is not None:
-                self.write_files(staged)
-            _fsync_tree(staged)
+            wait()
+            if is_main:
+                if self.write_files is not None:
+                    self.write_files(staged)
+                _fsync_tree(staged)
         except (OSError, RuntimeError) as e:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            if is_main:
+                shutil.rmtree(self.staging, ignore_errors=True)
             raise CheckpointError(self._failure_message(name, e)) from e
-        self._replace(staged, final)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        if point_last:
-            self.point_last(final)
+        if is_main:
+            self._replace(staged, final)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if point_last:
+                self.point_last(final)
+        wait()
         return final
 
     def rotate(self, best: str | Path | None = None) -> list[Path]:

@@ -73,11 +73,14 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
         stopped = f"stopped by alarm {guards.alarms.fatal.kind}"
     elif guards.stopper.received and state.global_step < state.max_steps:
         stopped = f"stopped by {guards.stopper.received}"
-    final = None if stopped else guards.writer.publish(FINAL_DIR, save_final, point_last=False)
+    final = None if stopped else guards.writer.publish(FINAL_DIR, save_final, point_last=False,
+                                                        is_main=trainer.args.should_save,
+                                                        barrier=trainer.accelerator.wait_for_everyone)
     summary = summarize(trainer, out, status=stopped or "completed", skipped=skipped,
                         alarms=guards.alarms.summary(), final_dir=final)
-    summary.write(out)
-    print(summary.text())
+    if trainer.args.should_save:
+        summary.write(out)
+        print(summary.text())
     if stopped:
         last = last_checkpoint(out)
         where = f"resume with --resume_from_checkpoint last ({last})" if last else "no checkpoint was written"

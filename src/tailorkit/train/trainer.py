@@ -58,5 +58,7 @@ class Trainer(transformers.Trainer):
                 if self.args.should_save:
                     self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
 
-        self.checkpoints.publish(f"checkpoint-{self.state.global_step}", write)
-        self.checkpoints.rotate(best=self.state.best_model_checkpoint)
+        self.checkpoints.publish(f"checkpoint-{self.state.global_step}", write, is_main=self.args.should_save,
+                                 barrier=self.accelerator.wait_for_everyone)
+        if self.args.should_save:
+            self.checkpoints.rotate(best=self.state.best_model_checkpoint)
