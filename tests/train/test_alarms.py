@@ -105,12 +105,16 @@ def test_loss_stuck_for_patience_logging_steps(tmp_path, value, kind):
     assert str(run.cb.alarms[0]).endswith(CAUSES[kind])
 
 
+def write_rows(path, n: int):
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"},
+                                                      {"role": "assistant", "content": f"{i}"}]}) + "\n"
+                            for i in range(n)))
+    return path
+
+
 @pytest.mark.slow
 def test_end_to_end_normal_run_is_silent_and_crafted_runs_alarm(tiny_text_dir, tmp_path):
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"},
-                                                      {"role": "assistant", "content": f"{i}"}]}) + "\n"
-                            for i in range(8)))
+    data = write_rows(tmp_path / "data.jsonl", 8)
     base = ["--model", str(tiny_text_dir), "--dataset", str(data), "--max_steps", "4", "--save_steps", "1",
             "--logging_steps", "1", "--torch_dtype", "float32", "--max_length", "64"]
 
@@ -153,10 +157,7 @@ def _with_grads(model, skip: str):
 @pytest.mark.slow
 def test_end_to_end_no_op_adapter(tiny_vl_dir, tmp_path):
     """LoRA on the vision tower too, trained on text-only rows: that part of the adapter never gets a gradient."""
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"},
-                                                      {"role": "assistant", "content": f"{i}"}]}) + "\n"
-                            for i in range(4)))
+    data = write_rows(tmp_path / "data.jsonl", 4)
     result = sft(parse("sft", ["--model", str(tiny_vl_dir), "--dataset", str(data), "--max_steps", "3",
                                "--save_strategy", "no", "--torch_dtype", "float32", "--max_length", "64",
                                "--freeze_vit", "false", "--output_dir", str(tmp_path / "o")]))

@@ -122,6 +122,11 @@ def test_resume_with_changed_config_is_refused_with_the_differences(tiny_text_di
     assert "per_device_train_batch_size: checkpoint has 2, now 4" in str(e.value)
     assert "output_dir" not in str(e.value)  # a setting that does not change the result may change
 
+    weights_only = train_args(tiny_text_dir, data, tmp_path / "w", "--resume_from_checkpoint",
+                              str(ref_out / "checkpoint-final"))
+    with pytest.raises(ConfigError, match="not a training checkpoint.*--resume_only_model"):
+        sft(parse("sft", weights_only))
+
     same_path = train_args(tiny_text_dir, data, tmp_path / "b", "--resume_from_checkpoint", ckpt)
     original = data.read_text()
     write_data(data, offset=1)  # same settings, same file name, other content
@@ -135,7 +140,7 @@ def test_resume_with_changed_config_is_refused_with_the_differences(tiny_text_di
 
 def test_resume_only_model_starts_a_new_run_from_the_weights(tiny_text_dir, tmp_path, reference):
     data, ref_out, _, _ = reference
-    ckpt = ref_out / "checkpoint-4"
+    ckpt = ref_out / "checkpoint-final"  # weights only: accepted with --resume_only_model
     # A changed schedule is allowed here; learning rate 0 keeps the loaded weights exactly as they were.
     args = train_args(tiny_text_dir, data, tmp_path / "c", "--max_steps", "1", "--learning_rate", "0",
                       "--resume_from_checkpoint", str(ckpt), "--resume_only_model")

@@ -108,7 +108,8 @@ class AlarmCallback(TrainerCallback):
         if optimizer is not None and state.global_step >= args.get_warmup_steps(state.max_steps):
             lr = max(g["lr"] for g in optimizer.param_groups)
             if lr == 0:
-                self.raise_alarm("zero_lr", f"learning rate is 0 after warm-up ({args.lr_scheduler_type} schedule)")
+                self.raise_alarm("zero_lr", f"learning rate is 0 after warm-up "
+                                 f"({getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} schedule)")
         self._step_supervised = 0
         self._step_nonfinite_loss = False
 

@@ -165,8 +165,11 @@ def rotate(output_dir: Path, limit: int | None, keep: set) -> list[Path]:
     return removed
 
 
-def resolve_resume(value: str | None, output_dir: str | Path) -> Path | None:
-    """The checkpoint folder that ``--resume_from_checkpoint`` names ('last' or a folder), checked to be whole."""
+def resolve_resume(value: str | None, output_dir: str | Path, weights_only: bool = False) -> Path | None:
+    """The checkpoint folder that ``--resume_from_checkpoint`` names ('last' or a folder), checked to be whole.
+
+    ``weights_only`` (--resume_only_model) also accepts a folder of weights alone, such as checkpoint-final.
+    """
     if not value:
         return None
     if value == LAST:
@@ -180,7 +183,7 @@ def resolve_resume(value: str | None, output_dir: str | Path) -> Path | None:
         raise ConfigError(f"--resume_from_checkpoint {value}: no such folder; give a checkpoint-N folder or 'last'")
     if path.name == STAGING_DIR or path.parent.name == STAGING_DIR:
         raise ConfigError(f"--resume_from_checkpoint {value}: this is an unfinished save; use 'last'")
-    if not (path / "trainer_state.json").is_file():
+    if not weights_only and not (path / "trainer_state.json").is_file():
         raise ConfigError(f"--resume_from_checkpoint {value}: not a training checkpoint (no trainer_state.json); "
                           "checkpoint-final holds only weights: use --resume_only_model to start from them")
     return path.resolve()

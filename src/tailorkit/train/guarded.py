@@ -29,7 +29,7 @@ class Guards:
 
 def resume_point(cfg, out: Path) -> Path | None:
     """Resolve --resume_from_checkpoint and, unless --resume_only_model, refuse a changed config (before loading)."""
-    resume = resolve_resume(cfg.train.resume_from_checkpoint, out)
+    resume = resolve_resume(cfg.train.resume_from_checkpoint, out, weights_only=cfg.train.resume_only_model)
     if resume is not None and not cfg.train.resume_only_model:
         check_resume(resume, cfg.flat(), fingerprint=None)
     elif cfg.train.resume_only_model and resume is None:
