@@ -11,7 +11,7 @@ from transformers import TrainerControl, TrainerState
 
 from tailorkit.cli import parse
 from tailorkit.errors import TrainingStopped
-from tailorkit.train.alarms import CAUSES, AlarmCallback
+from tailorkit.train.alarms import CAUSES, SCALER_PATIENCE, AlarmCallback
 from tailorkit.train.checkpoint import last_checkpoint
 from tailorkit.train.sft import sft
 
@@ -67,6 +67,16 @@ def test_non_finite_stops_drops_the_update_and_forbids_saving(tmp_path, loss, gr
     assert run.control.should_training_stop and not run.control.should_save
     record = json.loads(run.log.read_text().splitlines()[0])
     assert record["alarm"] == "non_finite" and record["fatal"] is True
+
+
+def test_fp16_overflow_is_left_to_the_grad_scaler_unless_it_persists(tmp_path):
+    run = Run(tmp_path)
+    run.args.fp16 = True
+    for _ in range(SCALER_PATIENCE - 1):
+        run.step(grad=float("inf"))
+    assert run.kinds == [] and run.cb.fatal is None
+    run.step(grad=float("inf"))
+    assert run.kinds == ["non_finite"] and f"{SCALER_PATIENCE} steps in a row" in run.cb.fatal.detail
 
 
 def test_zero_gradient_warns_and_strict_makes_it_fatal(tmp_path):

@@ -1,7 +1,8 @@
 """Alarms for silent training failures: each names what it saw and what usually causes it.
 
 Non-finite loss or gradients always stop the run (the step's update is dropped, so the weights and the last
-checkpoint stay good); the other alarms warn, or stop the run with ``--strict_alarms``. Warnings are printed
+checkpoint stay good; with fp16 the grad scaler's occasional overflow skips are normal, only SCALER_PATIENCE
+in a row count); the other alarms warn, or stop the run with ``--strict_alarms``. Warnings are printed
 above the progress bar, logged through ``logging`` and appended to ``logging.jsonl``.
 """
 
@@ -22,6 +23,7 @@ from ..data.encode import IGNORE
 
 logger = logging.getLogger("tailorkit.alarms")
 SILENT_STEPS = 3  # steps after which trainable tensors that never got a gradient raise zero_grad
+SCALER_PATIENCE = 20  # fp16: consecutive overflowing steps the grad scaler may skip before it is an alarm
 
 CAUSES = {
     "non_finite": "a learning rate that is too high, fp16 overflow (train in bfloat16 or float32), or a corrupt "
@@ -69,6 +71,7 @@ class AlarmCallback(TrainerCallback):
         self._step_nonfinite_loss = False
         self._silent: set[str] | None = None
         self._silent_steps = 0
+        self._overflows = 0
 
     def observe_batch(self, inputs: dict, loss: torch.Tensor) -> None:
         """Per micro-batch: supervised-token count and loss finiteness (the logged loss hides NaN)."""
@@ -95,8 +98,14 @@ class AlarmCallback(TrainerCallback):
             model is not None and self.check_grads) else []
         norms = grad_norms([p for _, p in named])
         norm = torch.linalg.vector_norm(norms) if named else torch.tensor(0.0)
-        if self._step_nonfinite_loss or not torch.isfinite(norm):
+        overflow = not self._step_nonfinite_loss and not bool(torch.isfinite(norm))
+        self._overflows = self._overflows + 1 if overflow else 0
+        if overflow and getattr(args, "fp16", False) and self._overflows < SCALER_PATIENCE:
+            pass  # fp16 loss scaling: the grad scaler skips this step and lowers its scale; that is its job
+        elif self._step_nonfinite_loss or overflow:
             what = "loss" if self._step_nonfinite_loss else "gradient norm"
+            if overflow and self._overflows > 1:
+                what += f" ({self._overflows} steps in a row)"
             self.raise_alarm("non_finite", f"{what} is NaN or infinite; this step's update is dropped and training "
                              "stops", fatal=True)
             for _, p in named:

@@ -176,7 +176,8 @@ def resolve_resume(value: str | None, output_dir: str | Path, weights_only: bool
         found = last_checkpoint(output_dir)
         if found is None:
             raise ConfigError(f"--resume_from_checkpoint last: {output_dir} holds no complete checkpoint "
-                              f"('{LAST}' is missing); start without --resume_from_checkpoint or name a folder")
+                              f"('{LAST}' is missing); name a checkpoint folder, or start over in a new "
+                              "--output_dir")
         return found
     path = Path(value)
     if not path.is_dir():
