@@ -108,7 +108,10 @@ def test_full_disk_while_saving_keeps_previous_checkpoint(tiny_text_dir, tmp_pat
         sft(parse("sft", train_args(tiny_text_dir, data, out)))
     assert pointed(out) == "checkpoint-2"
     assert not (out / "checkpoint-4").exists() and not (out / STAGING_DIR).exists()
-    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", ADAPTER} <= {p.name for p in (out / "checkpoint-2").iterdir()}
+    kept = {p.name for p in (out / "checkpoint-2").iterdir()}
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", ADAPTER} <= kept
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["status"] == "failed: CheckpointError" and summary["last_checkpoint"].endswith("checkpoint-2")
 
 
 def test_resume_with_changed_config_is_refused_with_the_differences(tiny_text_dir, tmp_path, reference):

@@ -76,7 +76,7 @@ class CheckpointWriter:
                 if self.write_files is not None:
                     self.write_files(staged)
                 _fsync_tree(staged)
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # OSError, torch's RuntimeError, SafetensorError...: all leave the staging folder
             if is_main:
                 shutil.rmtree(self.staging, ignore_errors=True)
             raise CheckpointError(self._failure_message(name, e)) from e

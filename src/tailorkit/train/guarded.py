@@ -64,9 +64,12 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
         trainer._load_from_checkpoint(str(guards.resume))  # weights only: the base class loads full or adapter
         print(f"[tailorkit] starting a new run from the weights of {guards.resume}")
     full_resume = guards.resume if guards.resume is not None and not guards.only_model else None
-    trainer.train(resume_from_checkpoint=str(full_resume) if full_resume else None)
-
     out = guards.writer.output_dir
+    try:
+        trainer.train(resume_from_checkpoint=str(full_resume) if full_resume else None)
+    except Exception as e:
+        _report(trainer, guards, f"failed: {type(e).__name__}", skipped, None)
+        raise
     state = trainer.state
     stopped = None
     if guards.alarms.fatal is not None:
@@ -76,14 +79,19 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
     final = None if stopped else guards.writer.publish(FINAL_DIR, save_final, point_last=False,
                                                         is_main=trainer.args.should_save,
                                                         barrier=trainer.accelerator.wait_for_everyone)
-    summary = summarize(trainer, out, status=stopped or "completed", skipped=skipped,
-                        alarms=guards.alarms.summary(), final_dir=final)
-    if trainer.args.should_save:
-        summary.write(out)
-        print(summary.text())
+    summary = _report(trainer, guards, stopped or "completed", skipped, final)
     if stopped:
         last = last_checkpoint(out)
         where = f"resume with --resume_from_checkpoint last ({last})" if last else "no checkpoint was written"
         reason = f": {guards.alarms.fatal}" if guards.alarms.fatal is not None else ""
         raise TrainingStopped(f"training {stopped} at step {state.global_step}{reason}; {where}")
     return final, summary
+
+
+def _report(trainer, guards: Guards, status: str, skipped: dict, final: Path | None) -> RunSummary:
+    out = guards.writer.output_dir
+    summary = summarize(trainer, out, status=status, skipped=skipped, alarms=guards.alarms.summary(), final_dir=final)
+    if trainer.args.should_save:
+        summary.write(out)
+        print(summary.text())
+    return summary

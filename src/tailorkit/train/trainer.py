@@ -42,7 +42,7 @@ class Trainer(transformers.Trainer):
         return self._staging_root or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
-        """The base class's full checkpoint (weights, optimizer, scheduler, RNG, scaler, state), published atomically."""
+        """The base class's checkpoint (weights, optimizer, scheduler, RNG, scaler, state), published atomically."""
         if self.checkpoints is None:
             return super()._save_checkpoint(model, trial)
         out = self.checkpoints.output_dir
