@@ -68,6 +68,7 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
     try:
         trainer.train(resume_from_checkpoint=str(full_resume) if full_resume else None)
     except Exception as e:
+        guards.stopper.restore()
         _report(trainer, guards, f"failed: {type(e).__name__}", skipped, None)
         raise
     state = trainer.state
@@ -82,8 +83,11 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
     summary = _report(trainer, guards, stopped or "completed", skipped, final)
     if stopped:
         last = last_checkpoint(out)
-        where = f"resume with --resume_from_checkpoint last ({last})" if last else "no checkpoint was written"
-        reason = f": {guards.alarms.fatal}" if guards.alarms.fatal is not None else ""
+        fatal = guards.alarms.fatal
+        where = f"continue from {last} with --resume_from_checkpoint last" if last else "no checkpoint was written"
+        if fatal is not None and last:
+            where = f"fix the cause, then {where} (add --resume_only_model if you change a setting)"
+        reason = f": {fatal}" if fatal is not None else ""
         raise TrainingStopped(f"training {stopped} at step {state.global_step}{reason}; {where}")
     return final, summary
 

@@ -32,18 +32,19 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._restore()
+        self.restore()
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            self._restore()
+            self.restore()
             signal.raise_signal(signum)
             return
         self.received = signal.Signals(signum).name
         print(f"[tailorkit] {self.received} received: saving a checkpoint after the current step, then exiting "
               "(send it again to exit at once without saving)", file=sys.stderr, flush=True)
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put back the handlers that were there before training (also after a failed run)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
