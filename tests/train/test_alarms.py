@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerControl, TrainerState
 
 from tailorkit.cli import parse
@@ -26,6 +27,7 @@ class Run:
         self.state, self.control = TrainerState(max_steps=20), TrainerControl()
         self.log = tmp_path / "logging.jsonl"
         self.cb = AlarmCallback(patience=patience, strict=strict, log_file=self.log)
+        self.cb.progress = SimpleNamespace(bar=tqdm(total=20, disable=True))
 
     def step(self, *, loss=1.0, grad=1.0, supervised=True, lr=1e-3):
         self.control = TrainerControl(should_save=True)
@@ -65,6 +67,7 @@ def test_non_finite_stops_drops_the_update_and_forbids_saving(tmp_path, loss, gr
     assert run.kinds == ["non_finite"] and run.cb.fatal.step == 2 and what in run.cb.fatal.detail
     assert all(p.grad is None for p in run.model.parameters())  # AdamW then leaves the weights alone
     assert run.control.should_training_stop and not run.control.should_save
+    assert "1 alarms" in run.cb.progress.bar.desc
     record = json.loads(run.log.read_text().splitlines()[0])
     assert record["alarm"] == "non_finite" and record["fatal"] is True
 

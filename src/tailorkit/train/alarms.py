@@ -3,7 +3,7 @@
 Non-finite loss or gradients always stop the run (the step's update is dropped, so the weights and the last
 checkpoint stay good; with fp16 the grad scaler's occasional overflow skips are normal, only SCALER_PATIENCE
 in a row count); the other alarms warn, or stop the run with ``--strict_alarms``. Warnings are printed
-above the progress bar, logged through ``logging`` and appended to ``logging.jsonl``.
+above the progress bar (whose title counts them), logged through ``logging`` and appended to ``logging.jsonl``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class AlarmCallback(TrainerCallback):
         self.check_grads = check_grads  # off under DeepSpeed, which keeps gradients outside p.grad
         self.strict = strict
         self.log_file = Path(log_file) if log_file else None
+        self.progress = None  # callbacks.ProgressCallback whose bar shows the alarm count
         self.alarms: list[Alarm] = []  # the first alarm of each kind (and every fatal one)
         self.counts: Counter = Counter()
         self.fatal: Alarm | None = None
@@ -158,6 +159,9 @@ class AlarmCallback(TrainerCallback):
     def raise_alarm(self, kind: str, detail: str, *, fatal: bool = False, step: int | None = None) -> None:
         alarm = Alarm(kind, self._step if step is None else step, detail, fatal or self.strict)
         self.counts[kind] += 1
+        bar = getattr(self.progress, "bar", None)
+        if bar is not None:
+            bar.set_description(f"training ({sum(self.counts.values())} alarms)", refresh=False)
         if alarm.fatal and self.fatal is None:
             self.fatal = alarm
         if self.counts[kind] > 1 and not alarm.fatal:

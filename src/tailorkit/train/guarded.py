@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, TrainingStopped
 from .alarms import AlarmCallback
-from .callbacks import LOG_FILE
+from .callbacks import LOG_FILE, ProgressCallback
 from .checkpoint import (FINAL_DIR, CheckpointWriter, check_resume, data_fingerprint, last_checkpoint,
                          resolve_resume, write_resume_info)
 from .signals import StopOnSignal
@@ -60,6 +60,8 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
     the summary, naming the checkpoint to resume from.
     """
     trainer.batch_hooks.append(guards.alarms.observe_batch)
+    guards.alarms.progress = next((cb for cb in trainer.callback_handler.callbacks
+                                   if isinstance(cb, ProgressCallback)), None)
     if guards.resume is not None and guards.only_model:
         trainer._load_from_checkpoint(str(guards.resume))  # weights only: the base class loads full or adapter
         print(f"[tailorkit] starting a new run from the weights of {guards.resume}")
