@@ -90,7 +90,7 @@ def _trainer_of(recipe, result, data, tmp, train_type, model):
                         "--save_strategy", "no", "--train_type", train_type, "--torch_dtype", "float32"])
     train_set, _ = encode_all(load_conversations([str(data)]), result.bundle.processor, max_length=128,
                               truncation="raise")
-    trainer = recipe._make_trainer(cfg, result.bundle, result.model, train_set, [], lambda folder: None)
+    trainer = recipe._make_trainer(cfg, result.bundle, result.model, train_set, [], lambda folder: None, [])
     trainer.train()
     return trainer
 

@@ -37,20 +37,20 @@ class TrainResult:
     summary: RunSummary | None = None
 
 
-def sft(cfg: SftConfig, callbacks=()) -> TrainResult:
+def sft(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
     """Supervised fine-tuning on conversations; loss on assistant replies only.
 
-    ``callbacks`` are extra transformers TrainerCallbacks (run before tailorkit's own).
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (Python API only).
     """
     return _run(cfg, text=False, callbacks=callbacks)
 
 
-def pt(cfg: SftConfig, callbacks=()) -> TrainResult:
+def pt(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
     """Continued pre-training on {"text": ...} rows; loss on every token."""
     return _run(cfg, text=True, callbacks=callbacks)
 
 
-def _run(cfg: SftConfig, *, text: bool, callbacks=()) -> TrainResult:
+def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     from transformers import set_seed
 
     out = Path(cfg.train.output_dir)
@@ -84,8 +84,8 @@ def _run(cfg: SftConfig, *, text: bool, callbacks=()) -> TrainResult:
     write_config = _config_writer(cfg)
     write_config(out)
     guards = make_guards(cfg, out, resume, train_set, write_config)
-    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config, checkpoints=guards.writer,
-                            callbacks=[*callbacks, *guards.callbacks])
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config,
+                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer)
     final, summary = train_guarded(trainer, guards, skipped=report.skipped,
                                    save_final=lambda folder: trainer.save_model(str(folder)))
     plot = plot_loss(out)
@@ -135,8 +135,8 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
@@ -164,7 +164,7 @@ def _deepspeed_config(value: str | None):
     return value  # a JSON file path, read by transformers
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, checkpoints=None, callbacks=()):
+def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks, checkpoints=None):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
@@ -174,7 +174,8 @@ def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, checkpoi
                       eval_dataset=val_set or None, data_collator=Collator(bundle.tokenizer.pad_token_id),
                       processing_class=bundle.processor,
                       callbacks=[ProgressCallback(), JsonlLogCallback(),
-                                 *([RunFilesCallback(write_config)] if checkpoints is None else []), *callbacks],
+                                 *([RunFilesCallback(write_config)] if checkpoints is None else []),
+                                 *extra_callbacks],
                       checkpoints=checkpoints)
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
