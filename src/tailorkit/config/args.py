@@ -110,7 +110,12 @@ class TrainArgs:
     save_total_limit: int | None = _f(None, "keep at most this many checkpoints")
     seed: int = _f(42, "random seed for initialisation, shuffling and dropout")
     report_to: list[str] = _f(["none"], "experiment trackers: none, tensorboard, wandb ...")
-    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from")
+    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from, or 'last' (the newest "
+                                            "complete checkpoint in --output_dir)")
+    resume_only_model: bool = _f(False, "with --resume_from_checkpoint: load only the weights and start a fresh "
+                                 "run (new optimizer, schedule and data order); allows a changed config")
+    strict_alarms: bool = _f(False, "make every training alarm fatal (stop, keep the last good checkpoint)")
+    alarm_patience: int = _f(5, "logging steps a loss must stay exactly constant (or 0) before it raises an alarm")
     deepspeed: str | None = _f(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
 
     def __post_init__(self):
@@ -121,6 +126,8 @@ class TrainArgs:
                 raise ConfigError(f"gradient_checkpointing_kwargs is not valid JSON: {e}") from None
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.alarm_patience < 1:
+            raise ConfigError(f"alarm_patience must be >= 1 logging step, got {self.alarm_patience}")
         if self.deepspeed is not None:
             _check_deepspeed(self.deepspeed)
 
