@@ -39,13 +39,14 @@ def resume_point(cfg, out: Path) -> Path | None:
 
 def make_guards(cfg, out: Path, resume: Path | None, train_set, write_config) -> Guards:
     """Check the encoded data against the resumed checkpoint and build the writer and callbacks."""
-    fingerprint = data_fingerprint(train_set)
+    sized = hasattr(train_set, "__len__")  # a streaming dataset is checked through its settings only
+    fingerprint = data_fingerprint(train_set) if sized else None
     if resume is not None and not cfg.train.resume_only_model:
         check_resume(resume, cfg.flat(), fingerprint)
 
     def write_files(folder: Path) -> None:
         write_config(folder)
-        write_resume_info(folder, fingerprint, len(train_set))
+        write_resume_info(folder, fingerprint, len(train_set) if sized else None)
 
     writer = CheckpointWriter(out, cfg.train.save_total_limit, write_files)
     alarms = AlarmCallback(cfg.train.alarm_patience, cfg.train.strict_alarms, out / LOG_FILE,
