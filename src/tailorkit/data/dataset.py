@@ -68,7 +68,7 @@ def sample_rows(items: list, n: int | None, seed: int) -> list:
 
 
 def load_conversations(specs: list[str], *, system: str | None = None, seed: int = 42,
-                       check_media: bool = True) -> list[Conversation]:
+                       check_media: bool = True, need_reply: bool = True) -> list[Conversation]:
     """Parse every row of every dataset; all errors found are reported together (up to 10)."""
     out, errors = [], []
     for spec in specs:
@@ -77,7 +77,7 @@ def load_conversations(specs: list[str], *, system: str | None = None, seed: int
         convs = []
         for line, row in iter_rows(path):
             try:
-                conv = parse_row(row, source=path, line=line, base_dir=base, system=system)
+                conv = parse_row(row, source=path, line=line, base_dir=base, system=system, need_reply=need_reply)
                 if check_media:
                     for src in conv.images:
                         if not media_exists(src, base):

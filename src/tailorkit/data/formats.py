@@ -39,8 +39,11 @@ class TextSample:
     line: int | None = None
 
 
-def parse_row(row, *, source=None, line=None, base_dir=None, system: str | None = None) -> Conversation:
-    """Parse one conversation row; the error names file, line and field."""
+def parse_row(row, *, source=None, line=None, base_dir=None, system: str | None = None,
+              need_reply: bool = True) -> Conversation:
+    """Parse one conversation row; the error names file, line and field.
+
+    ``need_reply=False`` accepts a conversation that ends with a user turn (a prompt to answer)."""
     where = dict(source=source, line=line)
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}", **where)
@@ -64,7 +67,7 @@ def parse_row(row, *, source=None, line=None, base_dir=None, system: str | None 
         conv.images = parts_images
     if system is not None and conv.messages[0]["role"] != "system":
         conv.messages.insert(0, {"role": "system", "content": system})
-    check_conversation(conv)
+    check_conversation(conv, need_reply=need_reply)
     return conv
 
 
@@ -83,7 +86,8 @@ def _parse_message(msg, i: int, conv: Conversation, parts_images: list) -> dict:
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            parts.extend(split_tags(part.get("text", "")) if isinstance(part.get("text", ""), str) else [])
+            split = split_tags(part.get("text", "")) if isinstance(part.get("text", ""), str) else []
+            parts.extend([{"type": "text", "text": split}] if isinstance(split, str) else split)
         elif kind in ("image", "image_url"):
             src = part.get("image") if kind == "image" else (part.get("image_url") or {}).get("url")
             if src is not None:
