@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from ..data.encode import Encoded, encode_prompt
+from ..data.encode import IGNORE, Encoded, encode_prompt
 from ..data.formats import Conversation
 from ..errors import ConfigError
 
@@ -52,6 +52,7 @@ class Request:
     prompt: str | None = None
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     adapters: tuple[str, ...] = ()  # names of loaded LoRA adapters active together; () = the base model
+    encoded: Encoded | None = None  # the prompt, when encoded ahead (servers check its length first)
 
     def batch_key(self) -> tuple:
         return (self.adapters, self.settings.sampling_key())
@@ -70,9 +71,23 @@ class Engine(Protocol):
 
     processor: object
     adapter_names: tuple[str, ...]
+    max_context: int | None  # longest prompt + reply in tokens, when the model says
+
+    def encode(self, request: Request) -> Encoded:
+        """The request's prompt tokens (the one encoder for conversations)."""
 
     def generate_batch(self, requests: list[Request], on_text: OnText | None = None) -> list[Completion]:
         """Replies to requests that share `batch_key()`, in order."""
+
+
+def encode_request(request: Request, processor) -> Encoded:
+    """Prompt tokens: the one encoder for conversations, the bare tokenizer for raw completion prompts."""
+    if request.encoded is not None:
+        return request.encoded
+    if request.conversation is not None:
+        return encode_prompt(request.conversation, processor)
+    ids = getattr(processor, "tokenizer", processor)(request.prompt)["input_ids"]
+    return Encoded(input_ids=ids, labels=[IGNORE] * len(ids))
 
 
 def left_pad(prompts: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -156,6 +171,14 @@ class ReplyTracker:
         return out
 
 
+def context_length(config) -> int | None:
+    """The text model's max_position_embeddings, if the config has one."""
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None)
+
+
 def eos_token_ids(model, tokenizer) -> set[int]:
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if ids is None:
@@ -172,13 +195,10 @@ class TransformersEngine:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.max_batch_size = max_batch_size
         self.adapter_names = tuple(getattr(model, "peft_config", {}) or ())
+        self.max_context = context_length(getattr(model, "config", None))
 
     def encode(self, request: Request) -> Encoded:
-        """Prompt tokens: the one encoder for conversations, the bare tokenizer for raw prompts."""
-        if request.conversation is not None:
-            return encode_prompt(request.conversation, self.processor)
-        ids = self.tokenizer(request.prompt)["input_ids"]
-        return Encoded(input_ids=ids, labels=[-100] * len(ids))
+        return encode_request(request, self.processor)
 
     def _adapters(self, names: tuple[str, ...]):
         unknown = [n for n in names if n not in self.adapter_names]

@@ -1,27 +1,25 @@
 """vLLM backend: the engine interface over vLLM's offline `LLM` (LoRA per request, images).
 
-Only importable with vllm installed. The translation of our requests to vLLM inputs and sampling
-parameters is plain data (`vllm_inputs`, `sampling_kwargs`) so that it is tested without vLLM.
+vllm itself is imported only when an engine is loaded or generates. The translation of our requests
+to vLLM inputs and sampling parameters is plain data (`vllm_inputs`, `sampling_kwargs`) so that it is
+tested without vLLM.
 Prompts are built by the one encoder: text prompts are passed as token ids; prompts with images as
 the rendered chat text plus the images, which vLLM expands with the same processor.
 """
 
 from __future__ import annotations
 
-from ..data.encode import encode_prompt, render
+from ..data.encode import Encoded, render
 from ..data.media import load_image
 from ..errors import ConfigError
-from .engine import Completion, OnText, Request
+from .engine import Completion, OnText, Request, encode_request
 
 
 def vllm_inputs(request: Request, processor) -> dict:
     """vLLM's prompt dict for one request."""
-    tok = getattr(processor, "tokenizer", processor)
-    if request.conversation is None:
-        return {"prompt_token_ids": tok(request.prompt)["input_ids"]}
     conv = request.conversation
-    if not conv.images:
-        return {"prompt_token_ids": encode_prompt(conv, processor).input_ids}
+    if conv is None or not conv.images:
+        return {"prompt_token_ids": encode_request(request, processor).input_ids}
     images = [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
     return {"prompt": render(processor, conv.messages, add_generation_prompt=True),
             "multi_modal_data": {"image": images}}
@@ -49,10 +47,15 @@ def to_completion(output) -> Completion:
 class VllmEngine:
     """Generation with vllm.LLM; each request uses at most one of the loaded LoRA adapters."""
 
-    def __init__(self, llm, processor, adapters: dict[str, str]):
+    def __init__(self, llm, processor, adapters: dict[str, str], max_context: int | None = None):
         self.llm, self.processor = llm, processor
         self.adapter_names = tuple(adapters)
         self._adapter_paths = adapters
+        self.max_context = max_context
+
+    def encode(self, request: Request) -> Encoded:
+        """Prompt tokens as the transformers engine builds them (for length checks and usage counts)."""
+        return encode_request(request, self.processor)
 
     @classmethod
     def load(cls, spec, engine_args) -> VllmEngine:
@@ -70,7 +73,8 @@ class VllmEngine:
         if spec.adapters:
             kwargs.update(enable_lora=True, max_loras=len(spec.adapters), max_lora_rank=engine_args.vllm_max_lora_rank)
         llm = LLM(**kwargs)
-        return cls(llm, load_processor(spec.processor_dir, m.trust_remote_code), spec.adapters)
+        max_context = llm.llm_engine.model_config.max_model_len
+        return cls(llm, load_processor(spec.processor_dir, m.trust_remote_code), spec.adapters, max_context)
 
     def lora_request(self, names: tuple[str, ...]):
         if not names:

@@ -25,7 +25,7 @@ from ..infer.engine import Completion, Engine, Request
 from .errors import ApiError, error_body
 from .guards import ApiKeyGuard, BodyLimit
 from .media import MediaPolicy
-from .protocol import ChatRequest, CompletionRequest, Limits, chat_requests, completion_requests
+from .protocol import ChatRequest, CompletionRequest, Limits, chat_requests, completion_requests, encode_checked
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,13 @@ def create_app(engine: Engine, opts: ServerOptions) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
         reqs = await run_in_threadpool(chat_requests, body, adapters_for(body.model), opts.limits, opts.policy)
+        await run_in_threadpool(encode_checked, engine, reqs, "messages")
         return await _respond(queue, body, reqs, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         reqs = completion_requests(body, adapters_for(body.model), opts.limits)
+        await run_in_threadpool(encode_checked, engine, reqs, "prompt")
         return await _respond(queue, body, reqs, chat=False)
 
     app.add_middleware(BodyLimit, max_bytes=opts.max_request_bytes)

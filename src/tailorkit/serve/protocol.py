@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.formats import parse_row
-from ..errors import DataError
-from ..infer.engine import GenerationSettings, Request
+from ..errors import TailorkitError
+from ..infer.engine import Engine, GenerationSettings, Request
 from .errors import ApiError
 from .media import MediaPolicy, load_request_image
 
@@ -91,7 +91,7 @@ def chat_requests(req: ChatRequest, adapters: tuple[str, ...], limits: Limits, p
     rows = [m.model_dump(exclude_none=True) for m in req.messages]
     try:
         conv = parse_row({"messages": rows}, source="request", need_reply=False)
-    except DataError as e:
+    except TailorkitError as e:
         raise ApiError(400, str(e), param="messages") from None
     if conv.messages[-1]["role"] != "user":
         raise ApiError(400, "the last message must be the user's", param="messages")
@@ -108,3 +108,21 @@ def completion_requests(req: CompletionRequest, adapters: tuple[str, ...], limit
         raise ApiError(400, "prompt must be a non-empty string or list of them", param="prompt")
     settings = settings_for(req, limits, req.max_tokens)
     return [Request(prompt=p, settings=settings, adapters=adapters) for p in prompts for _ in range(req.n)]
+
+
+def encode_checked(engine: Engine, requests: list[Request], param: str) -> None:
+    """Encode each distinct prompt once (stored on the requests) and refuse prompts the model cannot fit."""
+    done: dict[int | str, object] = {}
+    for r in requests:
+        key = id(r.conversation) if r.conversation is not None else r.prompt
+        if key not in done:
+            try:
+                done[key] = engine.encode(r)
+            except TailorkitError as e:
+                raise ApiError(400, str(e), param=param) from None
+        r.encoded = done[key]
+        limit = engine.max_context
+        if limit and len(r.encoded) + r.settings.max_new_tokens > limit:
+            raise ApiError(400, f"the prompt has {len(r.encoded)} tokens; with max_tokens "
+                                f"{r.settings.max_new_tokens} it exceeds the model's context of {limit} tokens",
+                           param=param)
