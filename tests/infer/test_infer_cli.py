@@ -138,3 +138,27 @@ def test_backends_not_installed_or_not_available_say_what_to_do(tiny_vl_dir):
         build_config(InferConfig, {})
     with pytest.raises(ConfigError, match="adapter_config.json"):
         build_engine(cfg.model, EngineArgs(adapters=[f"x={tiny_vl_dir}"]))
+
+
+@pytest.mark.slow
+def test_several_adapters_are_applied_together(tiny_vl_dir, tiny_vl_adapters):
+    """infer --adapters a b == generating with a merged into the base and b on top."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tailorkit.data.formats import parse_row
+    from tailorkit.infer.engine import TransformersEngine
+
+    a, b = tiny_vl_adapters["alpha"], tiny_vl_adapters["beta"]
+    engine, _ = build_engine(ModelArgs(model=str(tiny_vl_dir), torch_dtype="float32"),
+                             EngineArgs(adapters=[str(a), str(b)]))
+    assert engine.adapter_names == ("alpha", "beta")
+    conv = parse_row({"messages": [{"role": "user", "content": "Tell me a story about a dog."}]}, need_reply=False)
+    settings = GenerationSettings(max_new_tokens=10)
+    both = engine.generate([conv], settings)[0]
+    merged = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_vl_dir), a).merge_and_unload()
+    ref = TransformersEngine(PeftModel.from_pretrained(merged, b), AutoProcessor.from_pretrained(tiny_vl_dir))
+    assert ref.generate([conv], settings)[0] == both
+    alone = {n: engine.generate_batch([Request(conv, settings=settings, adapters=(n,))])[0].text.strip()
+             for n in ("alpha", "beta")}
+    assert both not in alone.values()
