@@ -119,12 +119,13 @@ def chat_loop(engine: Engine, settings: GenerationSettings, *, system: str | Non
 def _reply(engine, settings, system, messages, images, stream, output) -> str:
     rows = ([{"role": "system", "content": system}] if system else []) + messages
     conv = parse_row({"messages": rows, "images": images}, source="chat", base_dir=os.getcwd(), need_reply=False)
+    request = Request(conversation=conv, settings=settings, adapters=engine.adapter_names)
+    request.encoded = engine.encode(request)  # unreadable images fail here, before the reply starts
     print(">>> ", end="", file=output, flush=True)
 
     def show(_, delta: str) -> None:
         print(delta, end="", file=output, flush=True)
 
-    request = Request(conversation=conv, settings=settings, adapters=engine.adapter_names)
     done = engine.generate_batch([request], on_text=show if stream else None)[0]
     print(("" if stream else done.text), file=output, flush=True)
     return done.text
