@@ -119,7 +119,7 @@ def test_interactive_chat_keeps_history_streams_and_clears(tiny_vl_dir, rows_fil
                     "What shape is this?", "<image>Hi", "no/such/file.png", "exit"])
     out = io.StringIO()
     history = chat_loop(engine, GenerationSettings(max_new_tokens=5), input_fn=lambda _: next(answers), output=out)
-    assert [len(c.messages) for c in seen] == [1, 3, 1, 3]  # the last one fails on its missing image
+    assert [len(c.messages) for c in seen] == [1, 3, 1]  # the last one fails on its missing image, unsent
     assert len(seen[1].images) == 1 and seen[2].images == []
     assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "What shape is this?"
     text = out.getvalue()
