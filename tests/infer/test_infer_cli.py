@@ -162,3 +162,17 @@ def test_several_adapters_are_applied_together(tiny_vl_dir, tiny_vl_adapters):
     alone = {n: engine.generate_batch([Request(conv, settings=settings, adapters=(n,))])[0].text.strip()
              for n in ("alpha", "beta")}
     assert both not in alone.values()
+
+
+def test_ckpt_dir_of_a_full_fine_tune_is_the_model(tiny_vl_dir, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "out" / "checkpoint-final"
+    shutil.copytree(tiny_vl_dir, ckpt)
+    with pytest.raises(ConfigError, match="no args.yaml"):
+        resolve(ModelArgs(), EngineArgs(ckpt_dir=str(ckpt)))
+    (tmp_path / "out" / "args.yaml").write_text(yaml.safe_dump({"model": "/elsewhere/base", "torch_dtype": "bfloat16",
+                                                                "model_type": "qwen2_5_vl"}))
+    spec = resolve(ModelArgs(torch_dtype="float32"), EngineArgs(ckpt_dir=str(tmp_path / "out")))
+    assert (spec.model.model, spec.processor_dir, spec.adapters) == (str(ckpt), str(ckpt), {})
+    assert (spec.model.torch_dtype, spec.model.model_type) == ("float32", "qwen2_5_vl")  # the flag wins

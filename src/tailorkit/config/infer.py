@@ -39,7 +39,6 @@ class GenerationArgs:
     repetition_penalty: float = _f(1.0, "penalty on tokens already present (1.0: none)")
     seed: int | None = _f(None, "random seed for sampling")
     stop: list[str] = _f([], "strings that end the reply (not included in it)", aliases=("stop_words",))
-    stream: bool = _f(True, "infer: print the reply as it is generated")
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -49,12 +48,13 @@ class GenerationArgs:
 
 
 @dataclass
-class InferDataArgs:
+class InferArgs:
     val_dataset: list[str] = _f([], "dataset mode: rows to answer (the last assistant message, if any, is the "
                                 "reference); without it infer is an interactive chat")
     system: str | None = _f(None, "system prompt for conversations that have none (default: the run's)")
     result_path: str | None = _f(None, "dataset mode: jsonl to write (default: infer_result/<time>.jsonl, inside "
                                  "--ckpt_dir when given)")
+    stream: bool = _f(True, "interactive mode: print the reply as it is generated")
 
 
 @dataclass
@@ -90,7 +90,7 @@ class InferConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     engine: EngineArgs = field(default_factory=EngineArgs)
     generation: GenerationArgs = field(default_factory=GenerationArgs)
-    data: InferDataArgs = field(default_factory=InferDataArgs)
+    infer: InferArgs = field(default_factory=InferArgs)
 
     def __post_init__(self):
         _need_model(self.model, self.engine)

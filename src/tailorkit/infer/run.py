@@ -35,12 +35,12 @@ def infer(cfg: InferConfig, *, input_fn=input, output=None) -> InferResult | Non
     """Dataset mode with --val_dataset (returns the rows written), else an interactive chat."""
     engine, spec = build_engine(cfg.model, cfg.engine)
     settings = settings_from_args(cfg.generation)
-    system = cfg.data.system if cfg.data.system is not None else spec.run_config.get("system")
-    if cfg.data.val_dataset:
-        path = Path(cfg.data.result_path) if cfg.data.result_path else default_result_path(cfg.engine.ckpt_dir)
-        return infer_dataset(engine, cfg.data.val_dataset, settings, path, system=system,
+    system = cfg.infer.system if cfg.infer.system is not None else spec.run_config.get("system")
+    if cfg.infer.val_dataset:
+        path = Path(cfg.infer.result_path) if cfg.infer.result_path else default_result_path(cfg.engine.ckpt_dir)
+        return infer_dataset(engine, cfg.infer.val_dataset, settings, path, system=system,
                              batch_size=cfg.engine.max_batch_size)
-    chat_loop(engine, settings, system=system, stream=cfg.generation.stream, input_fn=input_fn,
+    chat_loop(engine, settings, system=system, stream=cfg.infer.stream, input_fn=input_fn,
               output=output or sys.stdout)
     return None
 
