@@ -64,11 +64,12 @@ def via_infer(model_dir, adapter, folder, tmp_path):
     return out["response"], out["prompt_tokens"]
 
 
-def via_deploy(model_dir, adapter, folder):
+def via_deploy(model_dir, adapter, lora, folder):
+    """The server always has the adapter loaded: the base model's answers come with it switched off."""
     import openai
 
     cfg = build_config(DeployConfig, {"model": str(model_dir), "torch_dtype": "float32", "served_model_name": "base",
-                                      "adapters": [f"lora={adapter}"] if adapter else []})
+                                      "adapters": [f"lora={lora}"]})
     app, _ = build_app(cfg)
     uri = "data:image/png;base64," + base64.b64encode((folder / "shape.png").read_bytes()).decode()
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
@@ -87,4 +88,4 @@ def test_infer_deploy_and_generate_agree(tiny_vl_dir, tiny_vl_adapters, row, tmp
     expected = direct_generate(tiny_vl_dir, adapter, row)
     assert expected[0].strip(), "the reference reply is empty; the comparison would prove little"
     assert via_infer(tiny_vl_dir, adapter, row, tmp_path) == expected
-    assert via_deploy(tiny_vl_dir, adapter, row) == expected
+    assert via_deploy(tiny_vl_dir, adapter, tiny_vl_adapters["alpha"], row) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -22,8 +23,14 @@ class EngineArgs:
     vllm_gpu_memory_utilization: float = _f(0.9, "vllm: fraction of GPU memory vLLM may take")
     vllm_max_model_len: int | None = _f(None, "vllm: longest prompt + reply in tokens (default: the model's)")
     vllm_max_lora_rank: int = _f(64, "vllm: largest LoRA rank among --adapters")
+    vllm_limit_mm_per_prompt: dict = _f({}, 'vllm: JSON of the most media items per prompt, e.g. {"image": 4}')
 
     def __post_init__(self):
+        if isinstance(self.vllm_limit_mm_per_prompt, str):
+            try:
+                self.vllm_limit_mm_per_prompt = json.loads(self.vllm_limit_mm_per_prompt)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"vllm_limit_mm_per_prompt is not valid JSON: {e}") from None
         if self.infer_backend not in BACKENDS:
             raise ConfigError(f"infer_backend {self.infer_backend!r} is not one of {', '.join(BACKENDS)}")
         if self.max_batch_size < 1:

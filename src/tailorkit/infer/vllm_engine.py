@@ -70,10 +70,14 @@ class VllmEngine:
                       max_num_seqs=engine_args.max_batch_size)
         if engine_args.vllm_max_model_len:
             kwargs["max_model_len"] = engine_args.vllm_max_model_len
+        if engine_args.vllm_limit_mm_per_prompt:
+            kwargs["limit_mm_per_prompt"] = engine_args.vllm_limit_mm_per_prompt
         if spec.adapters:
             kwargs.update(enable_lora=True, max_loras=len(spec.adapters), max_lora_rank=engine_args.vllm_max_lora_rank)
         llm = LLM(**kwargs)
-        max_context = llm.llm_engine.model_config.max_model_len
+        core = llm.llm_engine
+        model_config = core.get_model_config() if hasattr(core, "get_model_config") else core.model_config
+        max_context = getattr(model_config, "max_model_len", None)
         return cls(llm, load_processor(spec.processor_dir, m.trust_remote_code), spec.adapters, max_context)
 
     def lora_request(self, names: tuple[str, ...]):
