@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from conftest import API_KEY  # tests/serve/conftest.py
+from serve_helpers import API_KEY
 from tailorkit.serve.loadgen import run_load
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import API_KEY, data_uri, png_bytes  # tests/serve/conftest.py
+from serve_helpers import API_KEY, data_uri, png_bytes
 
 openai = pytest.importorskip("openai", reason="the openai client is needed for the API compatibility tests")
 

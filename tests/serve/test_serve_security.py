@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from conftest import API_KEY, MAX_BODY, data_uri, deploy_config, png_bytes  # tests/serve/conftest.py
+from serve_helpers import API_KEY, MAX_BODY, data_uri, deploy_config, png_bytes
 from tailorkit.serve import media
 from tailorkit.serve.deploy import build_app, start_background
 
