@@ -85,10 +85,10 @@ class CharTokenizer:
         return "".join(self.VOCAB[i] for i in ids if not (skip_special_tokens and i == 0))
 
 
-def run_tracker(rows: list[list[int]], settings: list[GenerationSettings]):
+def run_tracker(rows: list[list[int]], settings: list[GenerationSettings], stream: bool = True):
     got = {i: [] for i in range(len(rows))}
     reqs = [Request(prompt="x", settings=s) for s in settings]
-    tracker = ReplyTracker(CharTokenizer(), {0}, reqs, lambda i, d: got[i].append(d))
+    tracker = ReplyTracker(CharTokenizer(), {0}, reqs, (lambda i, d: got[i].append(d)) if stream else None)
     width = max(map(len, rows))
     for step in range(width):
         col = torch.tensor([[r[step] if step < len(r) else 0] for r in rows])
@@ -115,3 +115,15 @@ def test_held_back_covers_stop_prefixes_and_partial_characters():
     assert held_back("hello wor", ("world",)) == 3
     assert held_back("hello", ("world",)) == 0
     assert held_back("ab\ufffd", ()) == 1
+
+
+def test_tracker_without_streaming_decodes_once_with_the_same_result():
+    v = CharTokenizer.VOCAB.index
+    rows = [[v("a"), v("b"), 0, v("c")], [v("a"), v("X"), v("Y"), v("c")], [v("a"), v("b"), v("c"), v("d")]]
+    settings = [GenerationSettings(max_new_tokens=4), GenerationSettings(max_new_tokens=4, stop=("XY",)),
+                GenerationSettings(max_new_tokens=2)]
+    quiet, _, _ = run_tracker(rows, settings, stream=False)
+    streamed, _, _ = run_tracker(rows, settings, stream=True)
+    assert quiet == streamed
+    plain, _, _ = run_tracker(rows[1:2], [GenerationSettings(max_new_tokens=4)], stream=False)
+    assert (plain[0].text, plain[0].finish_reason) == ("aXYc", "length")

@@ -131,9 +131,13 @@ def test_backends_not_installed_or_not_available_say_what_to_do(tiny_vl_dir):
     cfg = parse("infer", ["--model", str(tiny_vl_dir), "--infer_backend", "sglang"])
     with pytest.raises(ConfigError, match="not available in this version"):
         build_engine(cfg.model, cfg.engine)
-    if importlib.util.find_spec("vllm") is None:
-        with pytest.raises(ConfigError, match="pip install vllm"):
-            build_engine(cfg.model, EngineArgs(infer_backend="vllm"))
+    from tailorkit.infer.load import BACKENDS
+    for name in BACKENDS:  # every registered backend builds here, or says how to install it
+        if importlib.util.find_spec(name) is None:
+            with pytest.raises(ConfigError, match=f"pip install {name}"):
+                build_engine(cfg.model, EngineArgs(infer_backend=name))
+        elif name == "transformers":
+            assert build_engine(cfg.model, EngineArgs(infer_backend=name))[0].adapter_names == ()
     with pytest.raises(ConfigError, match="--model or --ckpt_dir"):
         build_config(InferConfig, {})
     with pytest.raises(ConfigError, match="adapter_config.json"):

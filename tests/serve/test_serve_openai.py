@@ -85,3 +85,12 @@ def test_text_completions(client, server):
     assert out.usage.completion_tokens <= 5 and out.choices[0].finish_reason in ("stop", "length")
     streamed = client.completions.create(model="beta", prompt="The quick brown fox", max_tokens=5, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == out.choices[0].text
+
+
+def test_streaming_several_choices(client):
+    full = client.chat.completions.create(model="beta", messages=image_message(), max_tokens=6, n=2)
+    texts = {0: "", 1: ""}
+    for c in client.chat.completions.create(model="beta", messages=image_message(), max_tokens=6, n=2, stream=True):
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == {i: ch.message.content for i, ch in enumerate(full.choices)}

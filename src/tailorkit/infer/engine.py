@@ -133,6 +133,8 @@ class ReplyTracker:
         self.text = [""] * n
         self.sent = [0] * n
         self.reason: list[str | None] = [None] * n
+        # text is decoded every step only where it is watched (streaming, stop strings), else once at the end
+        self.live = [on_text is not None or bool(s.stop) for s in self.settings]
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         last = input_ids[:, -1].tolist()
@@ -146,6 +148,10 @@ class ReplyTracker:
         self.tokens[i].append(tok)
         if tok in self.eos_ids:
             self.reason[i] = "stop"
+        elif not self.live[i]:
+            if len(self.tokens[i]) >= s.max_new_tokens:
+                self.reason[i] = "length"
+            return
         else:
             self.text[i] = self.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
             cut = min((self.text[i].find(x) for x in s.stop if x in self.text[i]), default=-1)
@@ -166,6 +172,9 @@ class ReplyTracker:
         out = []
         for i, n_prompt in enumerate(prompt_lens):
             self.reason[i] = self.reason[i] or "length"
+            if not self.live[i]:
+                reply = self.tokens[i][:-1] if self.tokens[i] and self.tokens[i][-1] in self.eos_ids else self.tokens[i]
+                self.text[i] = self.tokenizer.decode(reply, skip_special_tokens=True)
             self._emit(i, len(self.text[i]))
             out.append(Completion(self.text[i], n_prompt, len(self.tokens[i]), self.reason[i]))
         return out
