@@ -34,17 +34,20 @@ class TrainResult:
     bundle: ModelBundle = field(repr=False)
 
 
-def sft(cfg: SftConfig) -> TrainResult:
-    """Supervised fine-tuning on conversations; loss on assistant replies only."""
-    return _run(cfg, text=False)
+def sft(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
+    """Supervised fine-tuning on conversations; loss on assistant replies only.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (Python API only).
+    """
+    return _run(cfg, text=False, callbacks=callbacks)
 
 
-def pt(cfg: SftConfig) -> TrainResult:
+def pt(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
     """Continued pre-training on {"text": ...} rows; loss on every token."""
-    return _run(cfg, text=True)
+    return _run(cfg, text=True, callbacks=callbacks)
 
 
-def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
+def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     from transformers import set_seed
 
     out = Path(cfg.train.output_dir)
@@ -76,7 +79,7 @@ def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     write_config = _config_writer(cfg)
     write_config(out)
-    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config)
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config, callbacks or [])
     trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
 
     final = out / FINAL_DIR
@@ -128,8 +131,8 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=t.report_to,
@@ -156,7 +159,7 @@ def _deepspeed_config(value: str | None):
     return value  # a JSON file path, read by transformers
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, write_config):
+def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
@@ -165,7 +168,8 @@ def _make_trainer(cfg, bundle, model, train_set, val_set, write_config):
     trainer = Trainer(model=model, args=training_arguments(cfg, bool(val_set)), train_dataset=train_set,
                       eval_dataset=val_set or None, data_collator=Collator(bundle.tokenizer.pad_token_id),
                       processing_class=bundle.processor,
-                      callbacks=[ProgressCallback(), JsonlLogCallback(), RunFilesCallback(write_config)])
+                      callbacks=[ProgressCallback(), JsonlLogCallback(), RunFilesCallback(write_config),
+                                 *extra_callbacks])
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
     return trainer
