@@ -119,6 +119,9 @@ def test_long_completion_prompts_and_odd_content_types_are_4xx(server):
     too_long = {"model": "tiny-vl", "prompt": "red " * 4100, "max_tokens": 2}
     err = assert_openai_error(httpx.post(server[0] + "/v1/completions", json=too_long, headers=AUTH, timeout=30), 400)
     assert err["param"] == "prompt" and "context" in err["message"]
+    too_many = {"model": "tiny-vl", "prompt": ["red"] * 20, "n": 4, "max_tokens": 2}
+    err = assert_openai_error(httpx.post(server[0] + "/v1/completions", json=too_many, headers=AUTH, timeout=30), 400)
+    assert err["param"] == "prompt"
     resp = httpx.post(server[0] + "/v1/chat/completions", content=b"model=x", timeout=30,
                       headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
     assert 400 <= resp.status_code < 500 and "error" in resp.json()
@@ -154,6 +157,9 @@ def test_oversized_bodies_are_413(server):
     ({**CHAT, "messages": [{"role": "user", "content": "<image> hi"}]}, 400, "messages"),
     ({**CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({**CHAT, "model": "nope"}, 404, "model"),
+    ({**CHAT, "logprobs": True}, 400, "logprobs"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ({**CHAT, "logprobs": False, "user": "someone", "frequency_penalty": 0}, 200, None),
     ({**CHAT, "messages": [{"role": "user", "content": "red " * 4100}]}, 400, "messages"),
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, 200, None),
     ({**CHAT, "messages": []}, 422, "messages"),

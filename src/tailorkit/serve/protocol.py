@@ -34,10 +34,19 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
-    """Fields shared by chat and text completions; unknown fields are ignored as OpenAI's server does."""
+MAX_CHOICES = 64  # completions one request may ask for (prompts x n)
 
-    model_config = ConfigDict(extra="ignore")
+# OpenAI features this server does not implement: asking for them is a 400, not a silently different answer.
+UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "suffix", "logit_bias", "presence_penalty",
+               "frequency_penalty", "tools", "tool_choice", "functions", "function_call", "response_format",
+               "parallel_tool_calls", "audio", "modalities", "prediction")
+
+
+class _Sampling(BaseModel):
+    """Fields shared by chat and text completions; other fields (user, metadata ...) are accepted and unused,
+    except the UNSUPPORTED features, which are refused when set."""
+
+    model_config = ConfigDict(extra="allow")
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -66,8 +75,15 @@ class Limits:
     max_tokens: int  # --max_tokens_limit
 
 
+def refuse_unsupported(req: _Sampling) -> None:
+    for key, value in (req.model_extra or {}).items():
+        if key in UNSUPPORTED and value not in (None, False, 0, [], {}):
+            raise ApiError(400, f"{key} is not supported by this server; leave it out", param=key)
+
+
 def settings_for(req: _Sampling, limits: Limits, max_tokens: int | None) -> GenerationSettings:
     """Generation settings of a request: its own values, else the server's defaults, within the limits."""
+    refuse_unsupported(req)
     d = limits.default
     if max_tokens is not None and max_tokens > limits.max_tokens:
         raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {limits.max_tokens}",
@@ -88,6 +104,7 @@ def settings_for(req: _Sampling, limits: Limits, max_tokens: int | None) -> Gene
 
 def chat_requests(req: ChatRequest, adapters: tuple[str, ...], limits: Limits, policy: MediaPolicy) -> list[Request]:
     """``n`` engine requests for a chat request; images are checked against the policy, then loaded."""
+    settings = settings_for(req, limits, req.max_completion_tokens or req.max_tokens)  # cheap checks first
     rows = [m.model_dump(exclude_none=True) for m in req.messages]
     try:
         conv = parse_row({"messages": rows}, source="request", need_reply=False)
@@ -97,16 +114,17 @@ def chat_requests(req: ChatRequest, adapters: tuple[str, ...], limits: Limits, p
         raise ApiError(400, "the last message must be the user's", param="messages")
     conv.images = [load_request_image(url, policy, param="messages.content.image_url")
                    for url in conv.images]
-    settings = settings_for(req, limits, req.max_completion_tokens or req.max_tokens)
     return [Request(conversation=conv, settings=settings, adapters=adapters) for _ in range(req.n)]
 
 
 def completion_requests(req: CompletionRequest, adapters: tuple[str, ...], limits: Limits) -> list[Request]:
     """``n`` engine requests per prompt, prompts in order."""
+    settings = settings_for(req, limits, req.max_tokens)
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not prompts or any(not p for p in prompts):
         raise ApiError(400, "prompt must be a non-empty string or list of them", param="prompt")
-    settings = settings_for(req, limits, req.max_tokens)
+    if len(prompts) * req.n > MAX_CHOICES:
+        raise ApiError(400, f"at most {MAX_CHOICES} completions per request (prompts x n)", param="prompt")
     return [Request(prompt=p, settings=settings, adapters=adapters) for p in prompts for _ in range(req.n)]
 
 
