@@ -127,3 +127,13 @@ def test_tracker_without_streaming_decodes_once_with_the_same_result():
     assert quiet == streamed
     plain, _, _ = run_tracker(rows[1:2], [GenerationSettings(max_new_tokens=4)], stream=False)
     assert (plain[0].text, plain[0].finish_reason) == ("aXYc", "length")
+
+
+def test_generation_settings_map_to_transformers_and_batch_keys():
+    sampled = GenerationSettings(temperature=0.7, top_p=0.9, top_k=0).generate_kwargs()
+    assert (sampled["do_sample"], sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (True, 0.7, 0.9, 0)
+    assert GenerationSettings().generate_kwargs()["do_sample"] is False
+    # greedy requests batch together whatever their seed; sampled ones with different seeds do not
+    assert GenerationSettings(seed=1).sampling_key() == GenerationSettings(seed=2).sampling_key()
+    assert GenerationSettings(temperature=1, seed=1).sampling_key() != GenerationSettings(temperature=1, seed=2)\
+        .sampling_key()

@@ -34,13 +34,16 @@ class GenerationSettings:
     def generate_kwargs(self) -> dict:
         kw = dict(max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty)
         if self.temperature > 0:
-            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+            # top_k=0 disables top-k (None would fall back to the generation config's default of 50)
+            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
 
     def sampling_key(self) -> tuple:
         """What rows of one batch must share; length limits and stop strings are applied per row."""
+        if self.temperature == 0:  # greedy: seed, top_p and top_k play no part
+            return (0.0, self.repetition_penalty)
         return (self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.seed)
 
 
