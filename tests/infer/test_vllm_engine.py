@@ -68,6 +68,40 @@ def test_outputs_and_adapter_choice():
         engine.lora_request(("c",))
 
 
+def test_generate_batch_hands_vllm_our_inputs_params_and_adapter(processor, monkeypatch):
+    """The glue of generate_batch against stand-ins of vllm.SamplingParams / LoRARequest (their public signatures)."""
+    import sys
+    import types
+
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = lambda **kw: ("params", kw)
+    lora_mod = types.ModuleType("vllm.lora.request")
+    lora_mod.LoRARequest = lambda name, int_id, path: ("lora", name, int_id, path)
+    for name, mod in (("vllm", fake), ("vllm.lora", types.ModuleType("vllm.lora")), ("vllm.lora.request", lora_mod)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    calls = []
+
+    class FakeLLM:
+        def generate(self, inputs, params, lora_request=None, use_tqdm=True):
+            calls.append((inputs, params, lora_request, use_tqdm))
+            return [SimpleNamespace(prompt_token_ids=i.get("prompt_token_ids", [0]),
+                                    outputs=[SimpleNamespace(text=f"reply{k}", token_ids=[1, 2], finish_reason="stop")])
+                    for k, i in enumerate(inputs)]
+
+    engine = VllmEngine(FakeLLM(), processor, {"a": "/x/a", "b": "/x/b"})
+    reqs = [Request(conversation=conv(False), settings=GenerationSettings(max_new_tokens=3), adapters=("b",)),
+            Request(conversation=conv(True), settings=GenerationSettings(max_new_tokens=5), adapters=("b",))]
+    streamed = []
+    done = engine.generate_batch(reqs, on_text=lambda i, d: streamed.append((i, d)))
+    ((inputs, params, lora, use_tqdm),) = calls
+    assert inputs[0] == vllm_inputs(reqs[0], processor)
+    assert inputs[1]["prompt"] == vllm_inputs(reqs[1], processor)["prompt"]
+    assert len(inputs[1]["multi_modal_data"]["image"]) == 1
+    assert [p[1]["max_tokens"] for p in params] == [3, 5]
+    assert lora == ("lora", "b", 2, "/x/b") and use_tqdm is False
+    assert [c.text for c in done] == ["reply0", "reply1"] and streamed == [(0, "reply0"), (1, "reply1")]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (pip install vllm)")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM generation needs a CUDA GPU")
