@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,12 +33,16 @@ def sample_rows(items: list, n: int | None, seed: int) -> list:
 
 
 def load_conversations(specs: list[str], *, system: str | None = None, seed: int = 42,
-                       check_media: bool = True, parse=parse_row, convs_of=lambda item: [item]) -> list[Conversation]:
+                       check_media: bool = True, parse=parse_row, convs_of=lambda item: [item],
+                       need_reply: bool = True) -> list[Conversation]:
     """Parse every row of every dataset; all errors found are reported together (up to 10).
 
     ``parse`` (a row parser with parse_row's signature) and ``convs_of`` (the Conversations inside
-    what it returns) let other layouts, such as preference pairs, share this loop.
+    what it returns) let other layouts, such as preference pairs, share this loop. ``need_reply=False``
+    accepts conversations that end with a user turn (prompts to answer).
     """
+    if not need_reply:
+        parse = functools.partial(parse, need_reply=False)
     out, errors = [], []
     for spec in specs:
         convs, errs = scan_dataset(spec, system=system, check_media=check_media, parse=parse, convs_of=convs_of)
