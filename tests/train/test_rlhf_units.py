@@ -40,12 +40,14 @@ def test_preference_row_errors_name_file_line_and_field(tmp_path):
     path = _jsonl(tmp_path, [good, {"messages": good["messages"]}])
     with pytest.raises(DataError, match=r"d\.jsonl:2: rejected_response: .*rejected_messages"):
         load_rows([path], parse_preference_row)
-    other_prompt = {**good, "rejected_messages": [{"role": "user", "content": "Other?"},
-                                                  {"role": "assistant", "content": "blue"}]}
-    with pytest.raises(DataError, match="share the prompt"):
+    other_prompt = {"messages": good["messages"], "rejected_messages": [{"role": "user", "content": "Other?"},
+                                                                        {"role": "assistant", "content": "blue"}]}
+    with pytest.raises(DataError, match=r"x\.jsonl:3: rejected_messages: .*prompt differs from the chosen one"):
         parse_preference_row(other_prompt, source="x.jsonl", line=3)
-    with pytest.raises(DataError, match="boolean 'label'"):
+    with pytest.raises(DataError, match=r"k\.jsonl:1: label: KTO 'label' must be true or false"):
         parse_kto_row({"messages": good["messages"], "label": "yes"}, source="k.jsonl", line=1)
+    with pytest.raises(DataError, match=r"k\.jsonl:2: label: KTO rows need a boolean 'label'"):
+        parse_kto_row({"messages": good["messages"]}, source="k.jsonl", line=2)
 
 
 def test_prompt_rows_drop_the_reply_and_keep_columns():

@@ -7,12 +7,13 @@ Layouts (ms-swift's):
   prompts     {"messages": [... user turn], "solution": "...", ...}; a trailing assistant turn is dropped and
               every other column is handed to the reward functions.
 
-The general parsing of these layouts belongs in ``data/formats.py``; this module holds only what
-`tailorkit rlhf` needs and builds on ``formats.parse_row`` so that rows mean the same thing everywhere.
+Rows are parsed and checked by ``data/formats.parse_row`` (which knows the preference and KTO fields),
+so they mean the same thing everywhere; this module turns them into what each algorithm consumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,8 +25,6 @@ from ..data.encode import Encoded, encode, encode_prompt
 from ..data.formats import Conversation, parse_row
 from ..errors import DataError, TooLongError
 
-PREFERENCE_KEYS = ("rejected_response", "rejected_messages", "rejected_images")
-_PLACEHOLDER_REPLY = {"role": "assistant", "content": "."}
 
 
 @dataclass
@@ -66,52 +65,30 @@ class EncodedKto:
 
 
 def parse_preference_row(row, *, source=None, line=None, base_dir=None, system=None) -> PreferencePair:
-    """A chosen/rejected pair sharing one prompt; errors name file, line and field."""
-    where = dict(source=source, line=line)
-    if not isinstance(row, dict):
-        raise DataError(f"a row must be a JSON object, got {type(row).__name__}", **where)
-    base = {k: v for k, v in row.items() if k not in PREFERENCE_KEYS}
-    chosen = parse_row(base, source=source, line=line, base_dir=base_dir, system=system)
-    if "rejected_messages" in row:
-        rej_row = {**base, "messages": row["rejected_messages"]}
-    elif "rejected_response" in row:
-        text = row["rejected_response"]
-        if not isinstance(text, str) or not text.strip():
-            raise DataError("must be a non-empty string", field="rejected_response", **where)
-        rej_row = {**base, "messages": list(base["messages"][:-1]) + [{"role": "assistant", "content": text}]}
-    else:
-        raise DataError("preference rows need 'rejected_response' or 'rejected_messages'", field="rejected_response",
-                        fix='add {"rejected_response": "<the worse reply>"}', **where)
-    if "rejected_images" in row:
-        rej_row["images"] = row["rejected_images"]
-    rejected = parse_row(rej_row, source=source, line=line, base_dir=base_dir, system=system)
-    if chosen.messages[:-1] != rejected.messages[:-1] or chosen.images != rejected.images:
-        raise DataError("chosen and rejected conversations must share the prompt (every message before the last "
-                        "reply, and the images)", field="rejected_messages", **where)
-    return PreferencePair(chosen, rejected)
+    """A chosen/rejected pair sharing one prompt (``formats.parse_row`` checks the pair)."""
+    chosen = parse_row(row, source=source, line=line, base_dir=base_dir, system=system)
+    if chosen.rejected is None:
+        raise DataError("preference rows need 'rejected_response' or 'rejected_messages'", source=source, line=line,
+                        field="rejected_response", fix='add {"rejected_response": "<the worse reply>"}')
+    rejected = dataclasses.replace(chosen, messages=chosen.rejected, rejected=None)
+    return PreferencePair(dataclasses.replace(chosen, rejected=None), rejected)
 
 
 def parse_kto_row(row, *, source=None, line=None, base_dir=None, system=None) -> KtoSample:
     """One conversation with a boolean 'label' (true: desirable reply)."""
-    if isinstance(row, dict) and not isinstance(row.get("label"), bool):
-        raise DataError(f"KTO rows need a boolean 'label', got {row.get('label')!r}", source=source, line=line,
-                        field="label", fix='add "label": true for a desirable reply, false for an undesirable one')
-    conv = parse_row({k: v for k, v in row.items() if k != "label"} if isinstance(row, dict) else row,
-                     source=source, line=line, base_dir=base_dir, system=system)
-    return KtoSample(conv, row["label"])
+    conv = parse_row(row, source=source, line=line, base_dir=base_dir, system=system)
+    if conv.label is None:
+        raise DataError("KTO rows need a boolean 'label'", source=source, line=line, field="label",
+                        fix='add "label": true for a desirable reply, false for an undesirable one')
+    return KtoSample(conv, conv.label)
 
 
 def parse_prompt_row(row, *, source=None, line=None, base_dir=None, system=None) -> PromptSample:
     """A rollout prompt; a trailing assistant reply is dropped, other columns are kept for the rewards."""
-    if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
-        raise DataError("row needs a non-empty 'messages' list", source=source, line=line, field="messages")
-    messages = list(row["messages"])
-    if isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-        messages.pop()
-    # parse_row checks a whole conversation; give it a reply and take it off again.
-    conv = parse_row({**row, "messages": messages + [_PLACEHOLDER_REPLY]}, source=source, line=line,
-                     base_dir=base_dir, system=system)
-    conv.messages.pop()
+    if isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"] \
+            and isinstance(row["messages"][-1], dict) and row["messages"][-1].get("role") == "assistant":
+        row = {**row, "messages": row["messages"][:-1]}
+    conv = parse_row(row, source=source, line=line, base_dir=base_dir, system=system, need_reply=False)
     columns = {k: v for k, v in row.items() if k not in ("messages", "images")}
     return PromptSample(conv, columns)
 
