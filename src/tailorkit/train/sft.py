@@ -15,6 +15,7 @@ from ..data.dataset import EncodeReport, encode_all, load_conversations, load_te
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..tuners.plan import apply_tuner, count_parameters
+from .batching import check_batching, train_batches
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
 
 CONFIG_FILE = "args.yaml"
@@ -52,6 +53,7 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
 
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg)
+    check_batching(cfg)
     data_seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
     # Cheap checks on every row before any weights are loaded.
     load = (lambda specs: load_text_samples(specs, seed=data_seed)) if text else (
@@ -76,10 +78,12 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     if not train_set:
         raise ConfigError("no training sample is left after encoding")
 
+    train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
+
     out.mkdir(parents=True, exist_ok=True)
     write_config = _config_writer(cfg)
     write_config(out)
-    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config, callbacks or [])
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config, callbacks or [], collator)
     trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
 
     final = out / FINAL_DIR
@@ -141,6 +145,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=_deepspeed_config(t.deepspeed),
         ddp_find_unused_parameters=False, save_only_model=False,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
     )
 
 
@@ -159,14 +164,14 @@ def _deepspeed_config(value: str | None):
     return value  # a JSON file path, read by transformers
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks):
+def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks, collator=None):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
     from .trainer import Trainer
 
     trainer = Trainer(model=model, args=training_arguments(cfg, bool(val_set)), train_dataset=train_set,
-                      eval_dataset=val_set or None, data_collator=Collator(bundle.tokenizer.pad_token_id),
+                      eval_dataset=val_set or None, data_collator=collator or Collator(bundle.tokenizer.pad_token_id),
                       processing_class=bundle.processor,
                       callbacks=[ProgressCallback(), JsonlLogCallback(), RunFilesCallback(write_config),
                                  *extra_callbacks])

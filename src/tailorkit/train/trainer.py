@@ -18,6 +18,16 @@ class Trainer(transformers.Trainer):
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            # Our samples are Encoded objects, not dicts: hand the sampler their lengths.
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=[len(x) for x in dataset])
+        return super()._get_train_sampler(train_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
