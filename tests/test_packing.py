@@ -95,3 +95,16 @@ def test_packing_flags_parse_and_conflict_with_group_by_length():
         check_batching(both)
     with pytest.raises(ConfigError, match="packing_length"):
         build_config(SftConfig, {"model": "m", "dataset": ["d.jsonl"], "packing_length": 0})
+
+
+def test_group_by_length_sampler_groups_our_encoded_samples():
+    from tailorkit.train.trainer import _length_grouped
+
+    rng = random.Random(2)
+    samples = [_enc(rng.randint(1, 300)) for _ in range(64)]
+    order = list(_length_grouped(samples, 4))
+    assert sorted(order) == list(range(64))
+    assert len(samples[order[0]]) == max(len(s) for s in samples)  # HF puts the longest batch first
+    batches = [order[i:i + 4] for i in range(0, 64, 4)]
+    spread = sum(max(len(samples[i]) for i in b) - min(len(samples[i]) for i in b) for b in batches)
+    assert spread < 0.5 * sum(max(len(samples[i]) for i in b) for b in batches)

@@ -21,12 +21,13 @@ class Trainer(transformers.Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-
-            # Our samples are Encoded objects, not dicts: hand the sampler their lengths.
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=[len(x) for x in dataset])
+            return _length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, list):
+            return _length_grouped(eval_dataset, self.args.eval_batch_size)
+        return super()._get_eval_sampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -36,3 +37,10 @@ class Trainer(transformers.Trainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
         return (loss, outputs) if return_outputs else loss
+
+
+def _length_grouped(dataset: list, batch_size: int):
+    """HF's LengthGroupedSampler over our Encoded samples (objects, not dicts: it is handed their lengths)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    return LengthGroupedSampler(batch_size, lengths=[len(x) for x in dataset])
