@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import resource
+import shutil
+import subprocess
+import sys
 import time
 
 from transformers import TrainerCallback
@@ -79,3 +83,19 @@ def train_once(cfg, *, t0: float, stock_attention: bool = False, text: bool = Fa
             "samples": counting.samples, "steps": trainer.state.global_step,
             "length_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
             "output_dir": str(Path(cfg.train.output_dir))}
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """Run ``script --one ...`` in a fresh process (its own peak RSS); return the JSON it printed."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    result = json.loads(line[len("RESULT "):])
+    shutil.rmtree(result.pop("output_dir"), ignore_errors=True)
+    return result
+
+
+def print_result(result: dict) -> None:
+    """The child's half of ``run_child``."""
+    print("RESULT " + json.dumps(result))

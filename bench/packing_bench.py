@@ -11,9 +11,7 @@ packing uses rows of --max_length tokens, --pack_batch rows per step.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from _measure import print_result, run_child  # noqa: E402
 
 MODES = {
     "padded": {},
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print("RESULT " + json.dumps(one(a.one, a.model, a.data, a.batch, a.pack_batch, a.max_length)))
+        print_result(one(a.one, a.model, a.data, a.batch, a.pack_batch, a.max_length))
         return
 
     from skewed_data import write
@@ -71,14 +71,9 @@ def main() -> None:
         data = write(AutoTokenizer.from_pretrained(work / "model"), work / "skewed.jsonl", a.samples)
         results = {}
         for mode in a.modes:
-            cmd = [sys.executable, __file__, "--one", mode, "--model", str(work / "model"), "--data", str(data),
-                   "--batch", str(a.batch), "--pack_batch", str(a.pack_batch), "--max_length", str(a.max_length)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{mode} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-            results[mode] = json.loads(line[len("RESULT "):])
-            shutil.rmtree(results[mode].pop("output_dir"), ignore_errors=True)
+            results[mode] = run_child(__file__, ["--one", mode, "--model", str(work / "model"), "--data", str(data),
+                                                 "--batch", str(a.batch), "--pack_batch", str(a.pack_batch),
+                                                 "--max_length", str(a.max_length)])
         report(results, a)
     finally:
         shutil.rmtree(work, ignore_errors=True)
