@@ -82,7 +82,7 @@ def _one_by_one(model, samples, pad_id):
 def _flat(model, batch):
     batch = dict(batch)
     labels = batch.pop("labels")
-    nll = shifted_token_nll(model(**batch).logits, labels)[0]  # no use_cache argument: the config default
+    nll = shifted_token_nll(model(**batch).logits, labels)  # no use_cache argument: the config default
     (nll.sum() / (labels[:, 1:] != -100).sum()).backward()
     return nll.detach(), _grads(model)
 
@@ -96,11 +96,17 @@ def _check_parity(model_dir, rows, mode: str, **settings):
     cfg, bundle, samples = _setup(model_dir, rows, **{mode: True}, **settings)
     model, pad_id = bundle.model, bundle.tokenizer.pad_token_id
     assert model.config.get_text_config().use_cache  # the user's default: the trap packing must survive
+    padded = Collator(pad_id)(samples)
+    padded_ref, padded_ref_grads = _flat(model, padded)
     items, collator, _ = train_batches(cfg, model, samples, pad_id)
+    # Evaluation stays padded; the switched attention must give it exactly what stock sdpa gave.
+    padded_nll, padded_grads = _flat(model, padded)
+    assert (padded_nll - padded_ref).abs().max().item() <= TOL and _max_diff(padded_grads, padded_ref_grads) <= TOL
     order = [s.enc for x in items for s in (x if isinstance(x, list) else [x])]
     assert sorted(map(id, order)) == sorted(map(id, samples))
     ref_nll, ref_grads = _one_by_one(model, order, pad_id)
     nll, grads = _flat(model, collator(items))
+    nll = nll[0]
     assert nll.shape == ref_nll.shape
     assert (nll - ref_nll).abs().max().item() <= TOL
     assert len(grads) == len(list(model.parameters()))
@@ -115,7 +121,7 @@ def test_text_packed_equals_one_by_one(tiny_text_dir, mode, attn):
     # The same row under stock sdpa with the config's use_cache: samples leak into each other.
     bundle.model.set_attn_implementation("sdpa")
     leaked, _ = _flat(bundle.model, batch)
-    assert (leaked - ref_nll).abs().max().item() > 1e-3
+    assert (leaked[0] - ref_nll).abs().max().item() > 1e-3
 
 
 @pytest.mark.parametrize("mode", ["packing", "padding_free"])
