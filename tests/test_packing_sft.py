@@ -28,7 +28,7 @@ def test_sft_trains_with_packing_flags(tiny_text_dir, tmp_path, flags, capsys):
     train, val = _write(tmp_path / "train.jsonl", 12), _write(tmp_path / "val.jsonl", 3)
     cfg = parse("sft", ["--model", str(tiny_text_dir), "--dataset", train, "--val_dataset", val,
                         "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--save_steps", "2", "--logging_steps", "1",
-                        "--per_device_train_batch_size", "2", "--train_type", "full", *flags])
+                        "--per_device_train_batch_size", "2", *flags])  # default train_type: lora
     result = sft(cfg)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in result.log_history if "eval_loss" in h]
