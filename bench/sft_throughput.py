@@ -4,7 +4,8 @@ first step (from process start, model load and encoding included), padded and pa
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=src python bench/sft_throughput.py [--samples 64]
 
 Text: tiny Qwen2 on the skewed-length dataset (lengths 32..512 here); vision: tiny Qwen2.5-VL on the demo's
-shapes task (56x56 images). Full fine-tuning, fp32, batch 4, one epoch; each run in its own process.
+shapes task (56x56 images). Full fine-tuning, fp32, batch 4 (samples padded, or packed rows of 512 tokens), one epoch; each run in its
+own process.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ def one(run: str, model: str, data: str, batch: int) -> dict:
     settings = {"model": model, "dataset": [data], "train_type": "full", "torch_dtype": "float32",
                 "max_length": 512, "num_train_epochs": 1, "save_strategy": "no", "logging_steps": 10 ** 6,
                 "per_device_train_batch_size": batch, **RUNS[run]}
-    if "packing" in RUNS[run]:
-        settings["per_device_train_batch_size"] = 1
     return train_once(build_config(SftConfig, settings), t0=t0)
 
 
