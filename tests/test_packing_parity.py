@@ -13,8 +13,8 @@ import torch
 from tailorkit.config import SftConfig
 from tailorkit.config.loading import build_config
 from tailorkit.data.collate import Collator
-from tailorkit.data.encode import encode
-from tailorkit.data.formats import parse_row
+from tailorkit.data.encode import encode, encode_text
+from tailorkit.data.formats import parse_row, parse_text_row
 from tailorkit.demo.shapes import COLOURS, SHAPES, draw
 from tailorkit.models.load import load_bundle
 from tailorkit.train.batching import train_batches
@@ -56,7 +56,8 @@ def _setup(model_dir, rows, **settings):
                                    **settings})
     bundle = load_bundle(cfg.model)
     bundle.model.train()
-    samples = [encode(parse_row(r), bundle.processor) for r in rows]
+    samples = [encode_text(parse_text_row(r), bundle.tokenizer) if "text" in r
+               else encode(parse_row(r), bundle.processor) for r in rows]
     return cfg, bundle, samples
 
 
@@ -68,7 +69,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 def _one_by_one(model, samples, pad_id):
     """Per-token NLL of each sample alone (padded collator, stock path), laid out as a packed row would be."""
-    total = sum(s.num_supervised for s in samples)
+    total = sum(sum(1 for x in s.labels[1:] if x != -100) for s in samples)  # a sample's first token is never predicted
     rows = []
     for s in samples:
         batch = Collator(pad_id)([s])
@@ -122,6 +123,12 @@ def test_text_packed_equals_one_by_one(tiny_text_dir, mode, attn):
     bundle.model.set_attn_implementation("sdpa")
     leaked, _ = _flat(bundle.model, batch)
     assert (leaked[0] - ref_nll).abs().max().item() > 1e-3
+
+
+def test_pretraining_rows_packed_equal_one_by_one(tiny_text_dir):
+    # Every token is supervised in `pt`: a packed row must not predict a sample's first token from the previous one.
+    rows = [{"text": " ".join(m["content"] for m in r["messages"])} for r in _text_rows(5, seed=4)]
+    _check_parity(tiny_text_dir, rows, "packing")
 
 
 @pytest.mark.parametrize("mode", ["packing", "padding_free"])
