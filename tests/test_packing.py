@@ -81,20 +81,21 @@ def test_segment_starts_from_position_ids():
 
 
 def test_nested_pack_length_turns_packing_on():
-    flat = flatten_layout({"pretrained_model_path": "m", "dataset": {"path": "d.jsonl", "pack_length": 512}})
+    flat = flatten_layout({"pretrained_model_path": "m", "dataset": {"path": "d.jsonl", "pack_length": 512},
+                           "training_args": {"max_length": 512}})
     cfg = build_config(SftConfig, flat)
     assert cfg.data.packing is True and cfg.data.packing_length == 512
 
 
 def test_packing_flags_parse_and_conflict_with_group_by_length():
-    cfg = build_config(SftConfig, {"model": "m", "dataset": ["d.jsonl"], "packing": "true",
-                                   "packing_length": "256", "padding_free": "false"})
-    assert (cfg.data.packing, cfg.data.packing_length, cfg.data.padding_free) == (True, 256, False)
+    cfg = build_config(SftConfig, {"model": "m", "dataset": ["d.jsonl"], "packing": "true", "max_length": 256,
+                                   "packing_length": "4096", "padding_free": "false"})
+    assert (cfg.data.packing, cfg.data.packing_length, cfg.data.padding_free) == (True, 4096, False)
     both = build_config(SftConfig, {"model": "m", "dataset": ["d.jsonl"], "packing": True, "group_by_length": True})
     with pytest.raises(ConfigError, match="group_by_length"):
         check_batching(both)
-    with pytest.raises(ConfigError, match="packing_length"):
-        build_config(SftConfig, {"model": "m", "dataset": ["d.jsonl"], "packing_length": 0})
+    with pytest.raises(ConfigError, match="packing_length 256 is below max_length 512"):
+        build_config(SftConfig, {"model": "m", "dataset": ["d.jsonl"], "packing_length": 256, "max_length": 512})
 
 
 def test_group_by_length_sampler_groups_our_encoded_samples():

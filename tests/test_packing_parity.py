@@ -160,7 +160,7 @@ def test_loss_and_gradients_invariant_to_batching_and_accumulation(tiny_text_dir
         "8x1": dict(per_device_train_batch_size=8, gradient_accumulation_steps=1),
         "1x8": dict(per_device_train_batch_size=1, gradient_accumulation_steps=8),
         "padding_free": dict(per_device_train_batch_size=8, padding_free=True),
-        "packed": dict(packing=True, packing_length=160),
+        "packed": dict(packing=True, packing_length=160, max_length=160),
     }.items():
         cfg, bundle, samples = _setup(tiny_text_dir, rows, **settings)
         items, collator, report = train_batches(cfg, bundle.model, samples, bundle.tokenizer.pad_token_id)

@@ -22,7 +22,7 @@ def _write(path, n: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [["--packing", "true", "--packing_length", "128"], ["--padding_free", "true"],
+@pytest.mark.parametrize("flags", [["--packing", "true", "--packing_length", "128", "--max_length", "128"], ["--padding_free", "true"],
                                    ["--group_by_length", "true"]])
 def test_sft_trains_with_packing_flags(tiny_text_dir, tmp_path, flags, capsys):
     train, val = _write(tmp_path / "train.jsonl", 12), _write(tmp_path / "val.jsonl", 3)

@@ -57,8 +57,10 @@ class DataArgs:
             raise ConfigError(f"split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
         if self.max_length <= 0:
             raise ConfigError(f"max_length must be positive, got {self.max_length}")
-        if self.packing_length is not None and self.packing_length <= 0:
-            raise ConfigError(f"packing_length must be positive, got {self.packing_length}")
+        if self.packing_length is not None and self.packing_length < self.max_length:
+            raise ConfigError(f"packing_length {self.packing_length} is below max_length {self.max_length}: a sample "
+                              "could fit no row; lower --max_length too (over-long samples then follow "
+                              "--truncation_strategy)")
 
 
 @dataclass
