@@ -71,9 +71,8 @@ def train_once(cfg, *, t0: float, stock_attention: bool = False, text: bool = Fa
         bundle.model.set_attn_implementation("sdpa")
     counting = CountingCollator(collator)
     cfg.train.output_dir = tempfile.mkdtemp(prefix="tailorkit-bench-")
-    trainer = _make_trainer(cfg, bundle, model, train_set, [], _config_writer(cfg), counting)
     timer = Timer(t0)
-    trainer.add_callback(timer)
+    trainer = _make_trainer(cfg, bundle, model, train_set, [], _config_writer(cfg), [timer], counting)
     trainer.train()
     seconds = timer.end - timer.start
     lengths = sorted(len(e) for e in encoded)
