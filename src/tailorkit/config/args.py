@@ -60,12 +60,20 @@ class DataArgs:
     system: str | None = _f(None, "system prompt used for rows that have none")
     dataloader_num_workers: int = _f(0, "data loading worker processes")
     data_seed: int | None = _f(None, "seed for sampling 'path#N' and the validation split (default: --seed)")
+    packing: bool = _f(False, "combine samples into rows of --packing_length tokens (best-fit-decreasing over the "
+                       "whole dataset); each sample keeps its own positions and attends only to itself")
+    packing_length: int | None = _f(None, "tokens per packed row (default: --max_length)")
+    padding_free: bool = _f(False, "concatenate each batch into one row without padding (samples stay isolated)")
 
     def __post_init__(self):
         if not 0.0 <= self.split_dataset_ratio < 1.0:
             raise ConfigError(f"split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
         if self.max_length <= 0:
             raise ConfigError(f"max_length must be positive, got {self.max_length}")
+        if self.packing_length is not None and self.packing_length < self.max_length:
+            raise ConfigError(f"packing_length {self.packing_length} is below max_length {self.max_length}: a sample "
+                              "could fit no row; lower --max_length too (over-long samples then follow "
+                              "--truncation_strategy)")
 
 
 @dataclass
@@ -117,6 +125,7 @@ class TrainArgs:
     strict_alarms: bool = _f(False, "make every training alarm fatal (stop, keep the last good checkpoint)")
     alarm_patience: int = _f(5, "logging steps a loss must stay exactly constant (or 0) before it raises an alarm")
     deepspeed: str | None = _f(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
+    group_by_length: bool = _f(False, "batch samples of similar length together (less padding; not with --packing)")
 
     def __post_init__(self):
         if isinstance(self.gradient_checkpointing_kwargs, str):

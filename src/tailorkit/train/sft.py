@@ -16,6 +16,7 @@ from ..data.validate import preflight_stream
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..tuners.plan import apply_tuner, count_parameters
+from .batching import check_batching, train_batches
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
 from .guarded import make_guards, resume_point, train_guarded
 from .summary import RunSummary
@@ -57,6 +58,7 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg)
     resume = resume_point(cfg, out)
+    check_batching(cfg)
     data_seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
     # Cheap checks on every row before any weights are loaded.
     load = (lambda specs: load_text_samples(specs, seed=data_seed)) if text else (
@@ -89,9 +91,10 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     write_config = _config_writer(cfg)
     write_config(out)
-    guards = make_guards(cfg, out, resume, train_set, write_config)
+    guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
+    train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
     trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config,
-                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer)
+                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer, collator=collator)
     final, summary = train_guarded(trainer, guards, skipped=report.skipped,
                                    save_final=lambda folder: trainer.save_model(str(folder)))
     plot = plot_loss(out)
@@ -155,6 +158,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         # accelerate would otherwise dispatch a streaming dataset's batches by slicing every tensor along dim 0,
         # which cuts media tensors (pixel_values rows are patches, not samples)
         accelerator_config={"dispatch_batches": False},
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
     )
 
 
@@ -173,14 +177,15 @@ def _deepspeed_config(value: str | None):
     return value  # a JSON file path, read by transformers
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks, checkpoints=None):
+def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks, checkpoints=None,
+                  collator=None):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
     from .trainer import Trainer
 
     trainer = Trainer(model=model, args=training_arguments(cfg, bool(val_set)), train_dataset=train_set,
-                      eval_dataset=val_set or None, data_collator=Collator(bundle.tokenizer.pad_token_id),
+                      eval_dataset=val_set or None, data_collator=collator or Collator(bundle.tokenizer.pad_token_id),
                       processing_class=bundle.processor,
                       callbacks=[ProgressCallback(), JsonlLogCallback(),
                                  *([RunFilesCallback(write_config)] if checkpoints is None else []),

@@ -26,6 +26,17 @@ class Trainer(transformers.Trainer):
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
+            return _length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, list):
+            return _length_grouped(eval_dataset, self.args.eval_batch_size)
+        return super()._get_eval_sampler(eval_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.algorithm is not None:
             return self.algorithm.compute_loss(self, model, inputs, return_outputs=return_outputs)
@@ -72,3 +83,10 @@ class Trainer(transformers.Trainer):
                                  barrier=self.accelerator.wait_for_everyone)
         if self.args.should_save:
             self.checkpoints.rotate(best=self.state.best_model_checkpoint)
+
+
+def _length_grouped(dataset: list, batch_size: int):
+    """HF's LengthGroupedSampler over our Encoded samples (objects, not dicts: it is handed their lengths)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    return LengthGroupedSampler(batch_size, lengths=[len(x) for x in dataset])
