@@ -10,6 +10,7 @@ checkpoint is written into ``<output_dir>/.staging/`` and renamed into place onl
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -191,14 +192,29 @@ def resolve_resume(value: str | None, output_dir: str | Path, weights_only: bool
 
 
 def data_fingerprint(samples) -> str:
-    """sha256 over the encoded training samples (token ids, labels, media tensors), in order."""
+    """sha256 over the encoded training items (token ids, labels, media tensors; pairs and prompts too), in order."""
     h = hashlib.sha256()
     for s in samples:
-        h.update(json.dumps([s.input_ids, s.labels, s.token_fields], sort_keys=True).encode())
-        for key in sorted(s.media):
-            t = s.media[key].detach().cpu().contiguous().flatten()
-            h.update(key.encode() + str(t.dtype).encode() + t.view(torch.uint8).numpy().tobytes())
+        _feed(h, s)
     return h.hexdigest()
+
+
+def _feed(h, x) -> None:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().contiguous().flatten()
+        h.update(str(t.dtype).encode() + t.view(torch.uint8).numpy().tobytes())
+    elif dataclasses.is_dataclass(x):  # Encoded, preference pairs, KTO samples, rollout prompts
+        for f in dataclasses.fields(x):
+            h.update(f.name.encode())
+            _feed(h, getattr(x, f.name))
+    elif hasattr(x, "tobytes") and hasattr(x, "mode"):  # a PIL image: its pixels, not its repr
+        h.update(x.tobytes())
+    elif isinstance(x, dict):
+        for key in sorted(x):
+            h.update(str(key).encode())
+            _feed(h, x[key])
+    else:
+        h.update(json.dumps(x, sort_keys=True, default=str).encode())
 
 
 def write_resume_info(folder: Path, fingerprint: str, num_samples: int) -> None:

@@ -14,14 +14,15 @@ from ..config.args import ModelArgs, RlhfConfig
 from ..errors import ConfigError, ModelError
 from ..models.load import ModelBundle, check_module_map, detect_family, load_bundle, load_processor, resolve_dtype
 from ..tuners.plan import apply_tuner, count_parameters
-from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
+from .callbacks import JsonlLogCallback, ProgressCallback, plot_loss
+from .guarded import make_guards, resume_point, train_guarded
 from .grpo import GrpoAlgorithm, RolloutAlarms
 from .preference import (DpoAlgorithm, KtoAlgorithm, ReferenceFreeAlgorithm, ReferenceModel, RewardModelAlgorithm,
                          precompute_reference)
 from .preference_data import (KtoCollator, PairCollator, encode_items, load_rows, parse_kto_row, parse_preference_row,
                               parse_prompt_row, prompt_collate)
 from .rewards import build_rewards
-from .sft import FINAL_DIR, TrainResult, _check_output_dir, _config_writer, _split, training_arguments
+from .sft import TrainResult, _check_output_dir, _config_writer, _split, training_arguments
 
 DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "cpo": 0.1, "kto": 0.1, "rm": 0.0, "grpo": 0.04}
 DEFAULT_LOSS = {"dpo": "sigmoid", "simpo": "simpo", "cpo": "sigmoid", "grpo": "grpo"}
@@ -64,6 +65,7 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg)
     PartialState().wait_for_everyone()  # under torchrun: every rank checks before rank 0 writes into output_dir
+    resume = resume_point(cfg, out)
     seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
     parse = {"kto": parse_kto_row, "grpo": parse_prompt_row}.get(r.rlhf_type, parse_preference_row)
     train_items = load_rows(cfg.data.dataset, parse, system=cfg.data.system, seed=seed)
@@ -96,25 +98,23 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
 
     write_config = _config_writer(cfg)
     algorithm = make_algorithm(cfg, bundle, ReferenceModel(frozen_copy))
-    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, write_config)
-    main = trainer.is_world_process_zero()
+    main = PartialState().is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out)
+    guards = make_guards(cfg, out, resume, train_set, write_config)
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, guards)
     print(f"[tailorkit] world size {trainer.args.world_size}")
-    trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
-
-    final = out / FINAL_DIR
-    trainer.save_model(str(final))  # writes on the main process only
+    final, summary = train_guarded(trainer, guards, skipped={},
+                                   save_final=lambda folder: trainer.save_model(str(folder)))
     plot = None
     if main:
-        write_config(final)
         plot = plot_loss(out)
         print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
     from ..data.dataset import EncodeReport
     return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
                        report=EncodeReport(kept=len(train_set)), trainable_params=trainable, total_params=total,
-                       model=model, bundle=bundle)
+                       model=model, bundle=bundle, summary=summary)
 
 
 def _encode(cfg: RlhfConfig, bundle: ModelBundle, train_items: list, val_items: list):
@@ -192,7 +192,7 @@ def load_reward_bundle(args: ModelArgs) -> ModelBundle:
     return ModelBundle(model=model, processor=processor, family=family)
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, write_config):
+def _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, guards):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
@@ -202,7 +202,8 @@ def _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, wr
     args.prediction_loss_only = True  # algorithms return a loss, not logits
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=collate, processing_class=bundle.processor, algorithm=algorithm,
-                      callbacks=[ProgressCallback(), JsonlLogCallback(), RunFilesCallback(write_config)])
+                      checkpoints=guards.writer,
+                      callbacks=[ProgressCallback(), JsonlLogCallback(), *guards.callbacks])
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
     return trainer

@@ -55,8 +55,11 @@ def pt(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
 def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     from transformers import set_seed
 
+    from accelerate import PartialState
+
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg)
+    PartialState().wait_for_everyone()  # under torchrun: every rank checks before rank 0 writes into output_dir
     resume = resume_point(cfg, out)
     check_batching(cfg)
     data_seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
@@ -90,7 +93,8 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
 
     out.mkdir(parents=True, exist_ok=True)
     write_config = _config_writer(cfg)
-    write_config(out)
+    if PartialState().is_main_process:
+        write_config(out)
     guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
     train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
     trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config,
