@@ -32,6 +32,8 @@ def build_gemma3(out: str | Path) -> None:
     cfg.eos_token_id, cfg.pad_token_id = text["eos_token_id"], text["pad_token_id"]
     torch.manual_seed(0)
     model = Gemma3ForConditionalGeneration(cfg)
+    with torch.no_grad():  # initialised to zeros, which would cut the image off from the LLM (no vision gradient)
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.02)
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 28, "width": 28}),
                                 tokenizer=tok, image_seq_length=4, chat_template=GEMMA3_TEMPLATE)
     _save(model, processor, out)
