@@ -76,7 +76,8 @@ def _conversation(fam, image_path) -> Conversation:
 
 
 def _bundle(name, family_dirs) -> ModelBundle:
-    return load_bundle(ModelArgs(model=str(family_dirs(name)), torch_dtype="float32"))
+    return load_bundle(ModelArgs(model=str(family_dirs(name)), torch_dtype="float32",
+                                 trust_remote_code=FAMILIES[name].trust_remote_code))
 
 
 @pytest.mark.parametrize("name", FAMILY_PARAMS)
@@ -143,7 +144,8 @@ def test_one_sft_step_with_image(name, family_dirs, image_path, tmp_path):
     if fam.is_multimodal:
         row["images"] = [str(image_path)]
     data.write_text(json.dumps(row) + "\n")
-    cfg = SftConfig(model=ModelArgs(model=str(family_dirs(name)), torch_dtype="float32"),
+    cfg = SftConfig(model=ModelArgs(model=str(family_dirs(name)), torch_dtype="float32",
+                                    trust_remote_code=fam.trust_remote_code),
                     data=DataArgs(dataset=[str(data)]),
                     tuner=TunerArgs(train_type="full", freeze_vit=False, freeze_aligner=False),
                     train=TrainArgs(output_dir=str(tmp_path / "out"), max_steps=1, learning_rate=1e-3,
