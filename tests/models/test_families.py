@@ -168,3 +168,38 @@ def test_one_sft_step_with_image(name, family_dirs, image_path, tmp_path):
     for comp in declared:
         changed = [p for p in parts[comp] if not torch.equal(old[p], dict(model.named_parameters())[p].detach())]
         assert changed, f"no {comp} parameter changed in the step (did the image reach the model?)"
+
+
+@pytest.mark.parametrize("name", FAMILY_PARAMS)
+def test_family_entry_matches_its_tiny_model(name, family_dirs):
+    """The registry entry names the classes that load, and its LoRA targets are the LLM's linear leaves."""
+    bundle = _bundle(name, family_dirs)
+    fam = bundle.family
+    assert fam.model_class.split(" ")[0] == type(bundle.model).__name__
+    if fam.processor_class == "AutoTokenizer":  # text families: whichever tokenizer class the checkpoint names
+        assert not hasattr(bundle.processor, "image_processor")
+    else:
+        assert fam.processor_class.split(" ")[0] == type(bundle.processor).__name__
+    leaves = {n.rsplit(".", 1)[-1] for n in fam.linear_leaf_names(bundle.model, ("llm",))}
+    assert leaves == set(fam.lora_targets)
+    if fam.end_of_turn:
+        assert fam.end_of_turn in bundle.tokenizer.get_vocab(), "end_of_turn is not one token"
+
+
+PATCHED = [p for p in FAMILY_PARAMS if FAMILIES[p.values[0]].chat_template is not None]
+
+
+@pytest.mark.parametrize("name", PATCHED)
+def test_template_patch_is_needed(name, family_dirs, image_path):
+    """Without the family's template patch the native template cannot train this conversation."""
+    from tailorkit.errors import DataError, ModelError
+    from tailorkit.models.load import load_processor
+
+    fam = FAMILIES[name]
+    try:
+        processor = load_processor(str(family_dirs(name)), fam.trust_remote_code)
+    except ModelError as e:  # no native template at all
+        assert "no chat template" in str(e)
+        return
+    with pytest.raises((DataError, TypeError, ValueError)):
+        encode(_conversation(fam, image_path), processor)

@@ -11,7 +11,7 @@ from .tiny import QWEN_SPECIAL, _save, _text_config, build_qwen2, make_tokenizer
 
 DECODER_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TEXT = dict(auto_class="AutoModelForCausalLM", llm=("model",), lora_targets=DECODER_LORA,
-             processor_class="PreTrainedTokenizerFast",
+             processor_class="AutoTokenizer",
              support="tiny random build: prompt = train prefix, supervised = replies, 1 sft step (text only)")
 
 QWEN2 = Family(name="qwen2", model_types=("qwen2",), build_tiny=build_qwen2, model_class="Qwen2ForCausalLM",
