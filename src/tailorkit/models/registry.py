@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import ModelError
 from .family import Family
+from .deepseek_vl import DEEPSEEK_VL
 from .gemma3 import GEMMA3
 from .idefics import IDEFICS3, SMOLVLM
 from .internvl import INTERNVL
@@ -17,7 +18,7 @@ from .text import GEMMA, LLAMA, PHI3, QWEN2, QWEN3
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     QWEN2, QWEN3, LLAMA, GEMMA, PHI3,
     QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, INTERNVL, IDEFICS3, SMOLVLM, GEMMA3, PHI4MM,
-    MINICPMV, MONKEY,
+    DEEPSEEK_VL, MINICPMV, MONKEY,
 )}
 
 
