@@ -45,7 +45,7 @@ def build_minicpmv(out: str | Path) -> None:
     processor = {"AutoProcessor": "processing_minicpmv.MiniCPMVProcessor",
                  "AutoImageProcessor": "image_processing_minicpmv.MiniCPMVImageProcessor"}
     files = {
-        "processor_config.json": dict(processor_class="MiniCPMVProcessor", query_num=QUERY_NUM,
+        "processor_config.json": dict(processor_class="MiniCPMVProcessor", n_queries=QUERY_NUM,
                                       auto_map=processor),
         "preprocessor_config.json": dict(image_processor_type="MiniCPMVImageProcessor", image_size=28,
                                          patch_size=14, processor_class="MiniCPMVProcessor", auto_map=processor),

@@ -22,7 +22,7 @@ def build_remote_tiny(out: str | Path, name: str, config: dict, tokenizer, extra
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for src in (REMOTE_CODE / name).glob("*.py"):
+    for src in [*(REMOTE_CODE / name).glob("*.py"), *(REMOTE_CODE / "common").glob("*.py")]:
         shutil.copy(src, out / src.name)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for fname, text in extra_files.items():

@@ -9,26 +9,19 @@ from transformers import Idefics2VisionConfig, PreTrainedModel, Qwen3ForCausalLM
 from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
 
 from .configuration_minicpm import MiniCPMVConfig
+from .tiny_remote_common import Resampler as BaseResampler
 
 
-class Resampler(nn.Module):
-    """query_num learned queries cross-attend to the vision features (published layout)."""
+class Resampler(BaseResampler):
+    """Published layout: the base resampler plus ln_post and proj."""
 
     def __init__(self, num_queries: int, embed_dim: int, kv_dim: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
-        self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False)
-        self.attn = nn.MultiheadAttention(embed_dim, 2, batch_first=True)
-        self.ln_q = nn.LayerNorm(embed_dim)
-        self.ln_kv = nn.LayerNorm(embed_dim)
+        super().__init__(num_queries, embed_dim, kv_dim)
         self.ln_post = nn.LayerNorm(embed_dim)
         self.proj = nn.Parameter(torch.randn(embed_dim, embed_dim) * embed_dim**-0.5)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        kv = self.ln_kv(self.kv_proj(features))
-        q = self.ln_q(self.query).unsqueeze(0).expand(features.shape[0], -1, -1)
-        out, _ = self.attn(q, kv, kv, need_weights=False)
-        return self.ln_post(out) @ self.proj
+        return self.ln_post(super().forward(features)) @ self.proj
 
 
 class MiniCPMV(PreTrainedModel):

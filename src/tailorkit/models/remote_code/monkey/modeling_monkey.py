@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
 from .configuration_monkey import MonkeyConfig
+from .tiny_remote_common import Resampler
 
 
 class QWenAttention(nn.Module):
@@ -48,21 +49,6 @@ class QWenBlock(nn.Module):
     def forward(self, x, mask):
         x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
-
-
-class Resampler(nn.Module):
-    def __init__(self, num_queries, dim, kv_dim):
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
-        self.kv_proj = nn.Linear(kv_dim, dim, bias=False)
-        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
-        self.ln_q = nn.LayerNorm(dim)
-        self.ln_kv = nn.LayerNorm(dim)
-
-    def forward(self, x):
-        kv = self.ln_kv(self.kv_proj(x))
-        q = self.ln_q(self.query).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return self.attn(q, kv, kv, need_weights=False)[0]
 
 
 class VisionTransformer(nn.Module):

@@ -4,10 +4,8 @@ n_queries ``<imgpad>`` + ``</img>`` and the images become pixel_values at the vi
 import numpy as np
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.processing_utils import ProcessorMixin
-from transformers.tokenization_utils_base import BatchEncoding
 
-PLACEHOLDER = "<img></img>"
+from .tiny_remote_common import PlaceholderProcessor
 
 
 class MonkeyImageProcessor(BaseImageProcessor):
@@ -26,20 +24,5 @@ class MonkeyImageProcessor(BaseImageProcessor):
         return BatchFeature(data={"pixel_values": torch.stack(arrays)}, tensor_type=return_tensors)
 
 
-class MonkeyProcessor(ProcessorMixin):
-    def __init__(self, image_processor=None, tokenizer=None, n_queries=4, chat_template=None, **kwargs):
-        self.n_queries = n_queries
-        self.image_token_id = tokenizer.convert_tokens_to_ids("<imgpad>")
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
-
-    def __call__(self, text=None, images=None, return_tensors=None, **kwargs):
-        texts = [text] if isinstance(text, str) else list(text)
-        n_images = sum(t.count(PLACEHOLDER) for t in texts)
-        if n_images != len(images or []):
-            raise ValueError(f"{n_images} {PLACEHOLDER} placeholders but {len(images or [])} images")
-        expanded = [t.replace(PLACEHOLDER, "<img>" + "<imgpad>" * self.n_queries + "</img>") for t in texts]
-        kwargs.pop("padding", None)
-        data = dict(self.tokenizer(expanded, return_tensors=return_tensors, **kwargs))
-        if images:
-            data.update(self.image_processor(images, return_tensors=return_tensors))
-        return BatchEncoding(data=data, tensor_type=return_tensors)
+class MonkeyProcessor(PlaceholderProcessor):
+    placeholder, start, pad, end = "<img></img>", "<img>", "<imgpad>", "</img>"
