@@ -22,6 +22,7 @@ class Verb:
 def _verbs() -> dict[str, Verb]:
     from .config import SftConfig
     from .demo.run import DemoConfig, demo
+    from .doctor import DoctorConfig, doctor
     from .models.tiny_cli import TinyConfig, tiny
     from .train.sft import pt, sft
     return {
@@ -29,6 +30,8 @@ def _verbs() -> dict[str, Verb]:
         "pt": Verb("continued pre-training on raw text (loss on every token)", SftConfig, pt),
         "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", DemoConfig,
                      demo),
+        "doctor": Verb("check model, processor and data (every row, media file and encoded length) and estimate "
+                       "memory; changes nothing", DoctorConfig, doctor),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", TinyConfig, tiny),
     }
 

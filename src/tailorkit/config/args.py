@@ -30,20 +30,33 @@ class ModelArgs:
     attn_impl: str | None = _f(None, "attention implementation: sdpa, eager or flash_attention_2",
                                choices=(None, "sdpa", "eager", "flash_attention_2"))
     trust_remote_code: bool = _f(False, "allow the model repository's own Python code to run")
+    max_pixels: int | None = _f(None, "image token budget: most pixels per image after resizing (saved with the "
+                                "checkpoint's processor, so inference uses the same)")
+    min_pixels: int | None = _f(None, "image token budget: fewest pixels per image after resizing (saved likewise)")
+    video_max_frames: int | None = _f(None, "most frames sampled per video (processors that sample frames)")
+    fps: float | None = _f(None, "frames per second sampled from videos (processors that sample frames)")
 
     def __post_init__(self):
         if self.torch_dtype not in DTYPES:
             raise ConfigError(f"torch_dtype {self.torch_dtype!r} is not one of {', '.join(DTYPES)}")
+        for name in ("max_pixels", "min_pixels", "video_max_frames", "fps"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError(f"min_pixels {self.min_pixels} is larger than max_pixels {self.max_pixels}")
 
 
 @dataclass
 class DataArgs:
-    dataset: list[str] = _f([], "training data files (jsonl, json); 'path#N' samples N rows")
+    dataset: list[str] = _f([], "training data: jsonl/json/csv/parquet files, `datasets` folders or hub ids; "
+                            "'path#N' samples N rows (repeating when N exceeds the size)")
     val_dataset: list[str] = _f([], "validation data files; same forms as --dataset")
     split_dataset_ratio: float = _f(0.0, "fraction of --dataset held out for validation when no --val_dataset")
     max_length: int = _f(2048, "maximum encoded length in tokens, media tokens included")
-    truncation_strategy: str = _f("raise", "what to do with samples over --max_length: raise or delete (skip, counted)",
-                                  choices=("raise", "delete"))
+    truncation_strategy: str = _f("raise", "samples over --max_length: raise, delete (skip, counted), or cut from "
+                                  "the left/right (never through media; uncuttable ones are skipped, counted)",
+                                  choices=("raise", "delete", "left", "right"))
+    streaming: bool = _f(False, "read, check and encode rows lazily while training (needs --max_steps)")
     system: str | None = _f(None, "system prompt used for rows that have none")
     dataloader_num_workers: int = _f(0, "data loading worker processes")
     data_seed: int | None = _f(None, "seed for sampling 'path#N' and the validation split (default: --seed)")
@@ -139,6 +152,10 @@ class SftConfig:
             raise ConfigError("--dataset is required: one or more data files")
         if self.train.learning_rate is None:
             self.train.learning_rate = 1e-4 if self.tuner.train_type == "lora" else 1e-5
+        if self.data.streaming and self.train.max_steps <= 0:
+            raise ConfigError("--streaming true needs --max_steps: a stream has no known length to count epochs in")
+        if self.data.streaming and self.data.split_dataset_ratio > 0:
+            raise ConfigError("--streaming true cannot hold out --split_dataset_ratio; give --val_dataset instead")
         if self.model.torch_dtype == "float16":
             import torch
             if not torch.cuda.is_available():

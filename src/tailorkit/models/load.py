@@ -10,6 +10,7 @@ import torch
 from ..config.args import ModelArgs
 from ..errors import ModelError
 from .family import Family
+from .media_budget import apply_media_budget
 from .registry import family_by_name, family_for_config
 
 
@@ -130,6 +131,7 @@ def load_bundle(args: ModelArgs) -> ModelBundle:
         raise ModelError(f"{path} is a {family.name} model, which exists only as remote code; pass "
                          "--trust_remote_code true after reading the model's code")
     processor = load_processor(path, args.trust_remote_code, family.chat_template if family else None)
+    apply_media_budget(processor, args)
     auto_name = family.auto_class if family is not None else auto_class_for(config)
     auto = getattr(transformers, auto_name)
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code)
