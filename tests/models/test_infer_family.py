@@ -101,3 +101,15 @@ def test_vipllava_trains_without_family_file(vipllava_dir, tmp_path):
     for comp in ("vision", "aligner", "llm"):
         assert any(result.bundle.family.component_of(n) == comp for n in lora), f"no LoRA weight in {comp}"
     assert [h["loss"] for h in result.log_history if "loss" in h]
+
+
+def test_resolve_family_infers_from_structure_without_weights(vipllava_dir, capsys):
+    """doctor's path: the same map from the model's structure on the meta device."""
+    from transformers import AutoConfig
+
+    from tailorkit.models.load import resolve_family
+
+    fam = resolve_family(AutoConfig.from_pretrained(vipllava_dir), None)
+    assert (fam.vision, fam.aligner, fam.llm, fam.lm_head) == (
+        ("model.vision_tower",), ("model.multi_modal_projector",), ("model.language_model",), ("lm_head",))
+    assert "inferred module map" in capsys.readouterr().out

@@ -64,6 +64,20 @@ def detect_family(config, model_type: str | None) -> Family | None:
     return family_for_config(config)
 
 
+def resolve_family(config, model_type: str | None, trust_remote_code: bool = False) -> Family:
+    """The registered family, or one inferred from the model's structure built on the meta device
+    (no weights read): for checks that run before, or instead of, loading the model."""
+    family = detect_family(config, model_type)
+    if family is not None:
+        return family
+    import transformers
+
+    auto_name = auto_class_for(config)
+    with torch.device("meta"):
+        model = getattr(transformers, auto_name).from_config(config, trust_remote_code=trust_remote_code)
+    return infer_family(model, config, auto_name)
+
+
 def auto_class_for(config) -> str:
     """The transformers Auto class an unregistered model loads with."""
     from transformers import AutoModelForImageTextToText
