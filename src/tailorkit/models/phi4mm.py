@@ -28,7 +28,6 @@ def build_phi4mm(out: str | Path) -> None:
     tok = make_tokenizer(special, PHI4MM_TEMPLATE, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                          extra_special_tokens=names)
     text = _text_config(tok, eos_token_id=tok.convert_tokens_to_ids("<|end|>"))
-    text.pop("bos_token_id")
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=448,
                   patch_size=14, crop_size=448, image_token_id=tok.convert_tokens_to_ids("<|image|>"))
     audio = dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=2, nemo_conv_channels=32,
