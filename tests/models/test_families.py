@@ -208,3 +208,31 @@ def test_template_patch_is_needed(name, family_dirs, image_path):
         return
     last_reply = _spans(enc.labels)[-1]
     assert not getattr(processor, "tokenizer", processor).decode(last_reply).endswith(fam.end_of_turn)
+
+
+# Where the inferred map (for models without a family file) differs from the family file, and why.
+INFERENCE_DIFFERS = {
+    "qwen3_vl": "the deepstack mergers have no conventional aligner name and stay in the vision tower",
+    "llava_next": "the learned image_newline has no conventional name and is 'other'",
+    "llava_onevision": "the learned image_newline has no conventional name and is 'other'",
+    "phi4_multimodal": "img_projection_up/down have no conventional aligner name and stay in the vision tower",
+}
+
+
+@pytest.mark.parametrize("name", FAMILY_PARAMS)
+def test_inferred_map_agrees_with_family_file(name, family_dirs, capsys):
+    """The module map inferred for unregistered models, run on every registered family: the LLM and lm_head
+    always agree; vision/aligner agree except where INFERENCE_DIFFERS says why."""
+    from tailorkit.models.load import infer_family
+
+    bundle = _bundle(name, family_dirs)
+    fam = bundle.family
+    inferred = infer_family(bundle.model, bundle.model.config, fam.auto_class)
+    assert "inferred module map" in capsys.readouterr().out
+    diff = {n: (fam.component_of(n), inferred.component_of(n)) for n, _ in bundle.model.named_parameters()
+            if fam.component_of(n) != inferred.component_of(n)}
+    if name not in INFERENCE_DIFFERS:
+        assert not diff
+        return
+    assert diff, f"inference now matches {name}: drop it from INFERENCE_DIFFERS"
+    assert all({a, b} <= {"vision", "aligner", "other"} for a, b in diff.values()), diff

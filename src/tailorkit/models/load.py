@@ -88,25 +88,32 @@ def auto_class_for(config) -> str:
 
 
 # Conventional attribute names, most specific first; what matches is printed, never trusted silently.
-VISION_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder", "vpm", "vision")
+VISION_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder", "vpm", "image_embed",
+                "vision")
 ALIGNER_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger", "resampler", "aligner",
-                 "visual_projection", "mlp1", "projector")
+                 "visual_projection", "attn_pool", "mlp1", "projector")
 
 
 def infer_family(model: torch.nn.Module, config, auto_class: str) -> Family:
     """A module map read off a loaded model that has no family file, printed for the user to check.
 
-    The LLM is the module that owns the input embeddings, lm_head the output embeddings; the vision
-    tower and aligner are the shallowest modules with a conventional name.
+    The LLM is the module that owns the input embeddings (minus any child holding the vision tower, as in
+    Qwen-VL's ``transformer.visual``), lm_head the output embeddings; the vision tower and aligner are the
+    shallowest modules with a conventional name.
     """
     names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters())]
     module_name = {id(m): n for n, m in model.named_modules()}
     embed = module_name.get(id(model.get_input_embeddings()), "")
     head_module = model.get_output_embeddings()
     lm_head = (module_name[id(head_module)],) if head_module is not None and id(head_module) in module_name else ()
-    llm = (embed.rsplit(".", 1)[0],) if "." in embed else ("model",)
-    vision = _shallowest(names, VISION_NAMES, exclude=llm)
-    aligner = _shallowest(names, ALIGNER_NAMES, exclude=llm) if vision else ()
+    root = embed.rsplit(".", 1)[0] if "." in embed else "model"
+    vision = _shallowest(names, VISION_NAMES, exclude=(embed,))
+    aligner = _shallowest([n for n in names if vision and _under(n, vision[0])], ALIGNER_NAMES, exclude=()) or (
+        _shallowest(names, ALIGNER_NAMES, exclude=(root,)) if vision else ())
+    llm = (root,)
+    if vision and _under(vision[0], root):
+        children = {n for n in names if n.startswith(root + ".") and "." not in n[len(root) + 1:]}
+        llm = tuple(sorted(c for c in children if not any(_under(n, c) for n in (*vision, *aligner))))
     fam = Family(name=f"inferred:{config.model_type}", model_types=(config.model_type,), auto_class=auto_class,
                  llm=llm, lm_head=lm_head, vision=vision, aligner=aligner, model_class=type(model).__name__,
                  support="inferred module map (no family file)")
@@ -117,10 +124,13 @@ def infer_family(model: torch.nn.Module, config, auto_class: str) -> Family:
     return fam
 
 
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def _shallowest(names: list[str], wanted: tuple[str, ...], exclude: tuple[str, ...]) -> tuple[str, ...]:
     for key in wanted:
-        hits = [n for n in names if n.rsplit(".", 1)[-1] == key
-                and not any(n == e or n.startswith(e + ".") for e in exclude)]
+        hits = [n for n in names if n.rsplit(".", 1)[-1] == key and not any(_under(n, e) for e in exclude)]
         if hits:
             return (min(hits, key=lambda n: n.count(".")),)
     return ()

@@ -26,7 +26,10 @@ full-parameter sft step with an image changes every component of the module map.
 means the family file replaces the native chat template (the reason is in the notes, and a test shows
 the native one fails). Any other model with a processor, a chat template and an
 `AutoModelForImageTextToText`/`AutoModelForCausalLM` class trains with a module map inferred from the
-loaded model and printed (tested on VipLLaVA and Mistral, which have no family file).
+loaded model and printed (tested on VipLLaVA and Mistral, which have no family file, and compared with
+every family file above: the LLM and lm_head always agree; Qwen3-VL's deepstack mergers, LLaVA-NeXT's and
+OneVision's image_newline and Phi-4-multimodal's projections are where the inferred vision/aligner split
+differs).
 
 """
 
