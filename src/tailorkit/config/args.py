@@ -60,12 +60,20 @@ class DataArgs:
     system: str | None = _f(None, "system prompt used for rows that have none")
     dataloader_num_workers: int = _f(0, "data loading worker processes")
     data_seed: int | None = _f(None, "seed for sampling 'path#N' and the validation split (default: --seed)")
+    packing: bool = _f(False, "combine samples into rows of --packing_length tokens (best-fit-decreasing over the "
+                       "whole dataset); each sample keeps its own positions and attends only to itself")
+    packing_length: int | None = _f(None, "tokens per packed row (default: --max_length)")
+    padding_free: bool = _f(False, "concatenate each batch into one row without padding (samples stay isolated)")
 
     def __post_init__(self):
         if not 0.0 <= self.split_dataset_ratio < 1.0:
             raise ConfigError(f"split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
         if self.max_length <= 0:
             raise ConfigError(f"max_length must be positive, got {self.max_length}")
+        if self.packing_length is not None and self.packing_length < self.max_length:
+            raise ConfigError(f"packing_length {self.packing_length} is below max_length {self.max_length}: a sample "
+                              "could fit no row; lower --max_length too (over-long samples then follow "
+                              "--truncation_strategy)")
 
 
 @dataclass
@@ -110,8 +118,14 @@ class TrainArgs:
     save_total_limit: int | None = _f(None, "keep at most this many checkpoints")
     seed: int = _f(42, "random seed for initialisation, shuffling and dropout")
     report_to: list[str] = _f(["none"], "experiment trackers: none, tensorboard, wandb ...")
-    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from")
+    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from, or 'last' (the newest "
+                                            "complete checkpoint in --output_dir)")
+    resume_only_model: bool = _f(False, "with --resume_from_checkpoint: load only the weights and start a fresh "
+                                 "run (new optimizer, schedule and data order); allows a changed config")
+    strict_alarms: bool = _f(False, "make every training alarm fatal (stop, keep the last good checkpoint)")
+    alarm_patience: int = _f(5, "logging steps a loss must stay exactly constant (or 0) before it raises an alarm")
     deepspeed: str | None = _f(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
+    group_by_length: bool = _f(False, "batch samples of similar length together (less padding; not with --packing)")
 
     def __post_init__(self):
         if isinstance(self.gradient_checkpointing_kwargs, str):
@@ -121,6 +135,8 @@ class TrainArgs:
                 raise ConfigError(f"gradient_checkpointing_kwargs is not valid JSON: {e}") from None
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.alarm_patience < 1:
+            raise ConfigError(f"alarm_patience must be >= 1 logging step, got {self.alarm_patience}")
         if self.deepspeed is not None:
             _check_deepspeed(self.deepspeed)
 
@@ -176,3 +192,79 @@ def concern_fields(cls) -> dict[str, tuple[str, object, object]]:
                 raise AssertionError(f"argument {f.name} is defined twice")
             out[f.name] = (concern.name, f, hints[f.name])
     return out
+
+
+RLHF_TYPES = ("dpo", "orpo", "simpo", "cpo", "kto", "rm", "grpo")
+
+
+@dataclass
+class RlhfArgs:
+    """Settings of preference and reinforcement training (`tailorkit rlhf`); ms-swift's names."""
+
+    rlhf_type: str = _f("dpo", "algorithm", choices=RLHF_TYPES)
+    beta: float | None = _f(None, "strength of the preference / KL term (default: dpo, orpo, cpo, kto 0.1; "
+                            "simpo 2.0; grpo 0.04)")
+    loss_type: str | None = _f(None, "variant: dpo sigmoid|ipo|hinge|robust (default sigmoid); cpo/simpo "
+                               "sigmoid|hinge|ipo|simpo; grpo grpo|bnpo|dr_grpo|dapo (default grpo)")
+    label_smoothing: float = _f(0.0, "assumed fraction of flipped preference labels (dpo robust, cpo, simpo)")
+    rpo_alpha: float | None = _f(None, "weight of the NLL on chosen replies added to the DPO loss (RPO)")
+    simpo_gamma: float = _f(1.0, "SimPO target reward margin")
+    cpo_alpha: float | None = _f(None, "weight of the NLL on chosen replies in CPO/SimPO (default cpo 1.0, simpo 0)")
+    desirable_weight: float = _f(1.0, "KTO weight of desirable (label true) samples")
+    undesirable_weight: float = _f(1.0, "KTO weight of undesirable (label false) samples")
+    center_rewards_coefficient: float | None = _f(None, "rm: weight of a penalty pulling rewards towards 0")
+    ref_model: str | None = _f(None, "reference model (default: the base with the LoRA adapter disabled, or a "
+                               "frozen copy of the model for full training)")
+    precompute_ref_log_probs: bool = _f(False, "dpo/kto: compute reference log-probs once before training "
+                                        "instead of keeping a reference model")
+    num_generations: int = _f(4, "grpo: completions sampled per prompt (the group)")
+    max_completion_length: int = _f(64, "grpo: maximum new tokens per completion")
+    temperature: float = _f(1.0, "grpo: sampling temperature of the rollouts")
+    top_p: float = _f(1.0, "grpo: nucleus sampling of the rollouts")
+    top_k: int = _f(0, "grpo: top-k sampling of the rollouts (0 = off)")
+    reward_funcs: list[str] = _f([], "grpo: reward functions: accuracy, format, soft_overlong or names from "
+                                 "--external_plugins")
+    reward_weights: list[str] = _f([], "grpo: one weight per reward function (default all 1)")
+    external_plugins: list[str] = _f([], "grpo: Python files defining reward functions "
+                                     "f(completions, **columns) -> list[float]")
+    epsilon: float = _f(0.2, "grpo: clipping range of the importance ratio")
+    epsilon_high: float | None = _f(None, "grpo: upper clipping range (default: --epsilon)")
+    importance_sampling_level: str = _f("token", "grpo: token (GRPO) or sequence (GSPO) importance ratio",
+                                        choices=("token", "sequence"))
+    scale_rewards: str = _f("group", "grpo: divide advantages by the reward std of the group, the batch, or "
+                            "none", choices=("group", "batch", "none"))
+    format_pattern: str = _f(r"^<think>.*?</think>\s*<answer>.*?</answer>$", "grpo: regex of the format reward")
+    soft_cache_length: int | None = _f(None, "grpo: soft_overlong reward: penalty ramps over the last N tokens "
+                                       "before --max_completion_length (default: a quarter of it)")
+    reward_alarm_steps: int = _f(5, "warn when rewards are flat this many steps (grpo: constant in every group; "
+                                 "dpo, kto, rm: chosen and rejected identical)")
+    kl_alarm: float = _f(10.0, "grpo: warn when the mean KL to the reference exceeds this")
+
+    def __post_init__(self):
+        if self.rlhf_type not in RLHF_TYPES:
+            raise ConfigError(f"rlhf_type {self.rlhf_type!r} is not one of {', '.join(RLHF_TYPES)}")
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be >= 2: GRPO's advantages compare completions of one prompt")
+        if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} "
+                              "reward_funcs; give one weight per function")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+@dataclass
+class RlhfConfig:
+    """Everything `tailorkit rlhf` needs: the sft concerns plus the algorithm's settings."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    tuner: TunerArgs = field(default_factory=TunerArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    rlhf: RlhfArgs = field(default_factory=RlhfArgs)
+
+    def __post_init__(self):
+        SftConfig.__post_init__(self)
+        from ..train.rlhf import resolve_defaults
+        resolve_defaults(self)
+
+    flat = SftConfig.flat

@@ -20,8 +20,6 @@ REJECTED = {
     "tensor_parallel_size": "tensor parallelism is not supported for training; use --deepspeed zero3 to shard a "
                             "model that does not fit one GPU",
     "pipeline_parallel_size": "pipeline parallelism is not supported for training; use --deepspeed zero3",
-    "pack_length": "packing is not available in this version; remove pack_length to train without packing",
-    "packing": "packing is not available in this version; remove it to train without packing",
 }
 _NESTED_SECTIONS = ("training_args", "model_args", "data_args", "train_args", "tuner_args")
 
@@ -91,7 +89,10 @@ def _dataset_section(section: dict, source: str) -> dict:
             if not str(p).split("#")[0].endswith("." + str(kind)):
                 raise ConfigError(f"{source}: dataset type {kind!r} does not match the file {p!r}")
     out["dataset"] = paths
-    out.update(section)  # pack_length and friends are applied or rejected like any other key
+    if "pack_length" in section:  # the nested layout's name: a length there means "pack to this length"
+        out["packing_length"] = section.pop("pack_length")
+        out["packing"] = True
+    out.update(section)  # other keys are applied or rejected like any other key
     return out
 
 

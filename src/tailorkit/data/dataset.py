@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,23 +33,32 @@ def sample_rows(items: list, n: int | None, seed: int) -> list:
 
 
 def load_conversations(specs: list[str], *, system: str | None = None, seed: int = 42,
-                       check_media: bool = True) -> list[Conversation]:
-    """Parse every row of every dataset; all errors found are reported together (up to 10)."""
+                       check_media: bool = True, parse=parse_row, convs_of=lambda item: [item],
+                       need_reply: bool = True) -> list[Conversation]:
+    """Parse every row of every dataset; all errors found are reported together (up to 10).
+
+    ``parse`` (a row parser with parse_row's signature) and ``convs_of`` (the Conversations inside
+    what it returns) let other layouts, such as preference pairs, share this loop. ``need_reply=False``
+    accepts conversations that end with a user turn (prompts to answer).
+    """
+    if not need_reply:
+        parse = functools.partial(parse, need_reply=False)
     out, errors = [], []
     for spec in specs:
-        convs, errs = scan_dataset(spec, system=system, check_media=check_media)
+        convs, errs = scan_dataset(spec, system=system, check_media=check_media, parse=parse, convs_of=convs_of)
         errors += errs
         out.extend(sample_rows(convs, split_spec(spec)[1], seed))
     _raise_collected(errors)
     return out
 
 
-def scan_dataset(spec: str, *, system: str | None = None, check_media: bool = True
-                 ) -> tuple[list[Conversation], list[DataError]]:
+def scan_dataset(spec: str, *, system: str | None = None, check_media: bool = True, parse=parse_row,
+                 convs_of=lambda item: [item]) -> tuple[list[Conversation], list[DataError]]:
     """(conversations, row errors) of one dataset spec; a file-level error (unreadable file) is collected too."""
     convs, errors = [], []
     try:
-        for conv in iter_conversations(spec, system=system, check_media=check_media, errors=errors):
+        for conv in iter_conversations(spec, system=system, check_media=check_media, errors=errors, parse=parse,
+                                       convs_of=convs_of):
             convs.append(conv)
     except DataError as e:
         errors.append(e)
@@ -56,20 +66,24 @@ def scan_dataset(spec: str, *, system: str | None = None, check_media: bool = Tr
 
 
 def iter_conversations(spec: str, *, system: str | None = None, check_media: bool = True,
-                       errors: list | None = None, streaming: bool = False):
+                       errors: list | None = None, streaming: bool = False, parse=parse_row,
+                       convs_of=lambda item: [item]):
     """Conversations of one dataset spec, lazily; bad rows go to ``errors`` (or raise when it is None).
 
     Under ``streaming`` a 'path#N' spec yields the first N rows (a stream cannot be shuffled or repeated).
+    ``parse`` (parse_row's signature) and ``convs_of`` (the Conversations inside what it returns) let
+    other layouts, such as preference pairs, share this loop.
     """
     base = base_dir_of(split_spec(spec)[0])
 
-    def parse(row, path, line):
-        conv = parse_row(row, source=path, line=line, base_dir=base, system=system)
+    def parse_checked(row, path, line):
+        item = parse(row, source=path, line=line, base_dir=base, system=system)
         if check_media:
-            check_media_files(conv)
-        return conv
+            for conv in convs_of(item):
+                check_media_files(conv)
+        return item
 
-    return _iter_parsed(spec, parse, errors=errors, streaming=streaming)
+    return _iter_parsed(spec, parse_checked, errors=errors, streaming=streaming)
 
 
 def iter_text_samples(spec: str, *, errors: list | None = None, streaming: bool = False):

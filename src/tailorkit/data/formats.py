@@ -63,17 +63,20 @@ class TextSample:
     line: int | None = None
 
 
-def parse_row(row, *, source=None, line=None, base_dir=None, system: str | None = None) -> Conversation:
-    """Parse one conversation row of any layout; the error names file, line and field."""
+def parse_row(row, *, source=None, line=None, base_dir=None, system: str | None = None,
+              need_reply: bool = True) -> Conversation:
+    """Parse one conversation row of any layout; the error names file, line and field.
+
+    ``need_reply=False`` accepts a conversation that ends with a user turn (a prompt to answer)."""
     try:
-        return _parse_row(row, source, line, base_dir, system)
+        return _parse_row(row, source, line, base_dir, system, need_reply)
     except DataError as e:
         if e.source is None:
             raise DataError(e.problem, source=source, line=line, field=e.field, fix=e.fix) from None
         raise
 
 
-def _parse_row(row, source, line, base_dir, system) -> Conversation:
+def _parse_row(row, source, line, base_dir, system, need_reply) -> Conversation:
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}")
     layout = detect_layout(row)
@@ -89,7 +92,7 @@ def _parse_row(row, source, line, base_dir, system) -> Conversation:
         conv.media(kind).extend(from_parts[kind] or listed)
     if system is not None and conv.messages[0]["role"] != "system":
         conv.messages.insert(0, {"role": "system", "content": system})
-    check_conversation(conv)
+    check_conversation(conv, need_reply=need_reply)
     rejected, conv.label = preference_of(row, raw)
     if rejected is not None:
         conv.rejected = _parse_rejected(rejected, conv, system)

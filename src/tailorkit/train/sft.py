@@ -16,7 +16,10 @@ from ..data.validate import preflight_stream
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..tuners.plan import apply_tuner, count_parameters
+from .batching import check_batching, train_batches
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
+from .guarded import make_guards, resume_point, train_guarded
+from .summary import RunSummary
 
 CONFIG_FILE = "args.yaml"
 FINAL_DIR = "checkpoint-final"
@@ -33,6 +36,7 @@ class TrainResult:
     total_params: int
     model: torch.nn.Module = field(repr=False)
     bundle: ModelBundle = field(repr=False)
+    summary: RunSummary | None = None
 
 
 def sft(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
@@ -53,6 +57,8 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
 
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg)
+    resume = resume_point(cfg, out)
+    check_batching(cfg)
     data_seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
     # Cheap checks on every row before any weights are loaded.
     load = (lambda specs: load_text_samples(specs, seed=data_seed)) if text else (
@@ -85,18 +91,19 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     write_config = _config_writer(cfg)
     write_config(out)
-    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config, callbacks or [])
-    trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
-
-    final = out / FINAL_DIR
-    trainer.save_model(str(final))
-    write_config(final)
+    guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
+    train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config,
+                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer, collator=collator)
+    final, summary = train_guarded(trainer, guards, skipped=report.skipped,
+                                   save_final=lambda folder: trainer.save_model(str(folder)))
     plot = plot_loss(out)
     print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
     if report.skipped or report.truncated:
         print(f"[tailorkit] end of preprocessing: {report.summary()}")
     return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
-                       report=report, trainable_params=trainable, total_params=total, model=model, bundle=bundle)
+                       report=report, trainable_params=trainable, total_params=total, model=model, bundle=bundle,
+                       summary=summary)
 
 
 def _check_output_dir(out: Path, cfg: SftConfig) -> None:
@@ -141,7 +148,8 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
-        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=t.report_to,
+        save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
+        seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
         eval_strategy=("steps" if t.save_strategy == "steps" else t.save_strategy) if has_eval else "no",
         eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
@@ -150,6 +158,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         # accelerate would otherwise dispatch a streaming dataset's batches by slicing every tensor along dim 0,
         # which cuts media tensors (pixel_values rows are patches, not samples)
         accelerator_config={"dispatch_batches": False},
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
     )
 
 
@@ -168,17 +177,20 @@ def _deepspeed_config(value: str | None):
     return value  # a JSON file path, read by transformers
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks):
+def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks, checkpoints=None,
+                  collator=None):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
     from .trainer import Trainer
 
     trainer = Trainer(model=model, args=training_arguments(cfg, bool(val_set)), train_dataset=train_set,
-                      eval_dataset=val_set or None, data_collator=Collator(bundle.tokenizer.pad_token_id),
+                      eval_dataset=val_set or None, data_collator=collator or Collator(bundle.tokenizer.pad_token_id),
                       processing_class=bundle.processor,
-                      callbacks=[ProgressCallback(), JsonlLogCallback(), RunFilesCallback(write_config),
-                                 *extra_callbacks])
+                      callbacks=[ProgressCallback(), JsonlLogCallback(),
+                                 *([RunFilesCallback(write_config)] if checkpoints is None else []),
+                                 *extra_callbacks],
+                      checkpoints=checkpoints)
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
     return trainer

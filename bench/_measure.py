@@ -1,0 +1,100 @@
+"""Shared measuring helpers of the bench scripts: token counting collator, timing callback, peak RSS."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+from transformers import TrainerCallback
+
+
+class CountingCollator:
+    """Wraps a collator; counts real tokens (non-padding) and all token slots of the batches it builds."""
+
+    def __init__(self, inner):
+        self.inner, self.real, self.slots, self.samples = inner, 0, 0, 0
+
+    def __call__(self, items):
+        batch = self.inner(items)
+        ids = batch["input_ids"]
+        self.slots += ids.numel()
+        self.real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else ids.numel()
+        self.samples += sum(len(x) if isinstance(x, list) else 1 for x in items)
+        return batch
+
+
+class Timer(TrainerCallback):
+    """Wall time of the training loop and of the first optimizer step (from ``t0``)."""
+
+    def __init__(self, t0: float):
+        self.t0, self.start, self.end, self.first_step = t0, None, None, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.first_step is None:
+            self.first_step = time.perf_counter() - self.t0
+
+    def on_train_end(self, args, state, control, **kw):
+        self.end = time.perf_counter()
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_once(cfg, *, t0: float, stock_attention: bool = False, text: bool = False) -> dict:
+    """Load, encode, batch and train ``cfg`` the way ``tailorkit sft`` does; return the measurements."""
+    import tempfile
+    from pathlib import Path
+
+    from tailorkit.data.dataset import encode_all, load_conversations
+    from tailorkit.models.load import load_bundle
+    from tailorkit.train.batching import train_batches
+    from tailorkit.train.sft import _config_writer, _make_trainer
+    from tailorkit.tuners.plan import apply_tuner
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)
+    items = load_conversations(cfg.data.dataset)
+    bundle = load_bundle(cfg.model)
+    model = apply_tuner(bundle, cfg.tuner)
+    encoded, _ = encode_all(items, bundle.processor, max_length=cfg.data.max_length,
+                            truncation=cfg.data.truncation_strategy)
+    train_set, collator, _ = train_batches(cfg, bundle.model, encoded, bundle.tokenizer.pad_token_id)
+    if stock_attention:
+        bundle.model.set_attn_implementation("sdpa")
+    counting = CountingCollator(collator)
+    cfg.train.output_dir = tempfile.mkdtemp(prefix="tailorkit-bench-")
+    timer = Timer(t0)
+    trainer = _make_trainer(cfg, bundle, model, train_set, [], _config_writer(cfg), [timer], counting)
+    trainer.train()
+    seconds = timer.end - timer.start
+    lengths = sorted(len(e) for e in encoded)
+    return {"tokens_per_s": counting.real / seconds, "samples_per_s": counting.samples / seconds,
+            "padding_fraction": 1 - counting.real / max(counting.slots, 1), "train_s": seconds,
+            "time_to_first_step_s": timer.first_step, "peak_rss_mib": peak_rss_mib(), "tokens": counting.real,
+            "samples": counting.samples, "steps": trainer.state.global_step,
+            "length_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
+            "output_dir": str(Path(cfg.train.output_dir))}
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """Run ``script --one ...`` in a fresh process (its own peak RSS); return the JSON it printed."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    result = json.loads(line[len("RESULT "):])
+    shutil.rmtree(result.pop("output_dir"), ignore_errors=True)
+    return result
+
+
+def print_result(result: dict) -> None:
+    """The child's half of ``run_child``."""
+    print("RESULT " + json.dumps(result))

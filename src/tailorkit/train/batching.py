@@ -1,0 +1,39 @@
+"""How training batches are formed: padded (default), padding-free or packed; evaluation is always padded."""
+
+from __future__ import annotations
+
+from ..config.args import SftConfig
+from ..data.collate import Collator
+from ..data.encode import Encoded
+from ..data.packing import FlatCollator, PackReport, pack, to_segments
+from ..errors import ConfigError
+from .attention import use_packed_attention
+
+
+def check_batching(cfg: SftConfig) -> None:
+    """Settings that cannot be combined, rejected before any weights load."""
+    if cfg.data.packing and cfg.train.group_by_length:
+        raise ConfigError("--group_by_length has nothing to group when --packing is on (packs are already full); "
+                          "use one of them")
+
+
+def train_batches(cfg: SftConfig, model, train_set: list[Encoded], pad_token_id: int):
+    """(train items, collator, pack report or None) for the configured batching.
+
+    With packing or padding-free the model switches to segment-aware attention (see
+    ``train.attention``), which keeps packed samples isolated whatever ``use_cache`` is set to.
+    """
+    d = cfg.data
+    if not (d.packing or d.padding_free):
+        return train_set, Collator(pad_token_id), None
+    name = use_packed_attention(model, cfg.model.attn_impl)
+    segments = to_segments(train_set, model)
+    report: PackReport | None = None
+    items: list = segments
+    if d.packing:
+        items, report = pack(segments, d.packing_length or d.max_length, truncation=d.truncation_strategy)
+        print(f"[tailorkit] {report.summary()}")
+        if not items:
+            raise ConfigError("no training sample is left after packing")
+    print(f"[tailorkit] {'packing' if d.packing else 'padding-free'} batches with attention {name}")
+    return items, FlatCollator(pad_token_id), report
