@@ -236,3 +236,15 @@ def test_inferred_map_agrees_with_family_file(name, family_dirs, capsys):
         return
     assert diff, f"inference now matches {name}: drop it from INFERENCE_DIFFERS"
     assert all({a, b} <= {"vision", "aligner", "other"} for a, b in diff.values()), diff
+
+
+@pytest.mark.parametrize("name", PATCHED)
+def test_serving_loads_the_patched_template(name, family_dirs):
+    """Engines that load a processor by path (vLLM, reward models) get the template training used."""
+    from tailorkit.models.load import load_family_processor
+
+    fam = FAMILIES[name]
+    processor, family = load_family_processor(str(family_dirs(name)), ModelArgs(
+        model=str(family_dirs(name)), trust_remote_code=fam.trust_remote_code))
+    assert family.name == name
+    assert processor.chat_template == fam.chat_template

@@ -57,6 +57,16 @@ def load_processor(path: str, trust_remote_code: bool = False, chat_template: st
     return processor
 
 
+def load_family_processor(path: str, args: ModelArgs) -> tuple[object, Family]:
+    """The processor at ``path`` with the chat template that training used: the family's patch when the
+    family (of ``args.model``, or of ``path`` when no model is named) has one; and that family."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.model or path, trust_remote_code=args.trust_remote_code)
+    family = resolve_family(config, args.model_type, args.trust_remote_code)
+    return load_processor(path, args.trust_remote_code, family.chat_template), family
+
+
 def detect_family(config, model_type: str | None) -> Family | None:
     """The registered family for ``config`` (or ``model_type``); None when the map must be inferred."""
     if model_type:
