@@ -48,13 +48,13 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
     import torch
     from transformers import AutoConfig
 
-    from .models.load import detect_family, load_processor, resolve_dtype
+    from .models.load import load_processor, resolve_dtype, resolve_family
     from .models.media_budget import apply_media_budget
 
     m = cfg.model
     config = AutoConfig.from_pretrained(m.model, trust_remote_code=m.trust_remote_code)
-    family = detect_family(config, m.model_type)
-    processor = load_processor(m.model, m.trust_remote_code)
+    family = resolve_family(config, m.model_type, m.trust_remote_code)
+    processor = load_processor(m.model, m.trust_remote_code, family.chat_template)
     budget = apply_media_budget(processor, m)
     data = check_data(cfg.data.dataset + cfg.data.val_dataset, processor, max_length=cfg.data.max_length,
                       truncation=cfg.data.truncation_strategy, system=cfg.data.system)

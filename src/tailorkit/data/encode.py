@@ -36,7 +36,16 @@ class Encoded:
 
 
 def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
+    if hasattr(processor, "image_processor"):
+        messages = as_content_parts(messages)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def as_content_parts(messages: list[dict]) -> list[dict]:
+    """String contents as [{"type": "text", ...}]: the form multimodal processors' templates expect
+    (several, e.g. LLaVA's and Idefics3's, iterate over the parts and print nothing for a string)."""
+    return [m if not isinstance(m["content"], str) else {**m, "content": [{"type": "text", "text": m["content"]}]}
+            for m in messages]
 
 
 def run_processor(processor, text: str, images: list, videos: list | None = None, audios: list | None = None) -> dict:

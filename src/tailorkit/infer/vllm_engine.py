@@ -61,7 +61,7 @@ class VllmEngine:
     def load(cls, spec, engine_args) -> VllmEngine:
         from vllm import LLM
 
-        from ..models.load import load_processor
+        from ..models.load import load_family_processor
 
         m = spec.model
         kwargs = dict(model=m.model, tokenizer=spec.processor_dir, trust_remote_code=m.trust_remote_code,
@@ -78,7 +78,8 @@ class VllmEngine:
         core = llm.llm_engine
         model_config = core.get_model_config() if hasattr(core, "get_model_config") else core.model_config
         max_context = getattr(model_config, "max_model_len", None)
-        return cls(llm, load_processor(spec.processor_dir, m.trust_remote_code), spec.adapters, max_context)
+        processor, _ = load_family_processor(spec.processor_dir, m)
+        return cls(llm, processor, spec.adapters, max_context)
 
     def lora_request(self, names: tuple[str, ...]):
         if not names:

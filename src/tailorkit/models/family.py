@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch.nn as nn
 
@@ -29,6 +30,15 @@ class Family:
     aligner: tuple[str, ...] = ()
     build_tiny: Callable[[str], None] | None = field(default=None, compare=False)
     notes: str = ""
+    # What the support table shows and the family tests check.
+    model_class: str = ""  # transformers (or remote-code) class that auto_class resolves to
+    processor_class: str = ""
+    lora_targets: tuple[str, ...] = ()  # leaf names of the LLM's linear layers that 'all-linear' covers
+    end_of_turn: str = ""  # token closing an assistant reply in the chat template ("" when there is none)
+    chat_template: str | None = None  # template patch (data) replacing the native one; None = native
+    trust_remote_code: bool = False
+    requires: tuple[str, ...] = ()  # optional packages the processor needs
+    support: str = "tiny random build: prompt = train prefix, supervised = replies, 1 sft step with an image"
 
     @property
     def is_multimodal(self) -> bool:
@@ -50,6 +60,11 @@ class Family:
             if isinstance(module, nn.Linear) and self.component_of(name) in components and name not in self.lm_head:
                 names.append(name)
         return names
+
+
+def chat_template_file(name: str) -> str:
+    """A chat template shipped with tailorkit (models/chat_templates/<name>.jinja)."""
+    return (Path(__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
 _PEFT_PREFIX = re.compile(r"^base_model\.model\.")

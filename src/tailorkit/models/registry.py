@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from ..errors import ModelError
 from .family import Family
-from .qwen_vl import QWEN2_5_VL, QWEN2_VL
-from .text import QWEN2
+from .deepseek_vl import DEEPSEEK_VL
+from .gemma3 import GEMMA3
+from .idefics import IDEFICS3, SMOLVLM
+from .internvl import INTERNVL
+from .llava import LLAVA, LLAVA_NEXT, LLAVA_ONEVISION
+from .minicpmv import MINICPMV
+from .monkey import MONKEY
+from .phi4mm import PHI4MM
+from .qwen_vl import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
+from .text import GEMMA, LLAMA, PHI3, QWEN2, QWEN3
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN2, QWEN2_VL, QWEN2_5_VL)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    QWEN2, QWEN3, LLAMA, GEMMA, PHI3,
+    QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, INTERNVL, IDEFICS3, SMOLVLM, GEMMA3, PHI4MM,
+    DEEPSEEK_VL, MINICPMV, MONKEY,
+)}
 
 
 def _norm(name: str) -> str:

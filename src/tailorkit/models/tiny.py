@@ -50,8 +50,11 @@ QWEN2_VL_TEMPLATE = (
 
 
 def make_tokenizer(special_tokens: list[str], chat_template: str, *, vocab_size: int = 400,
-                   eos_token: str, pad_token: str):
-    """A byte-level BPE tokenizer trained on a fixed corpus (deterministic) with ``special_tokens``."""
+                   eos_token: str, pad_token: str, **named_tokens):
+    """A byte-level BPE tokenizer trained on a fixed corpus (deterministic) with ``special_tokens``.
+
+    ``named_tokens`` (bos_token, unk_token, extra_special_tokens={...}) go to the tokenizer as is.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -62,7 +65,7 @@ def make_tokenizer(special_tokens: list[str], chat_template: str, *, vocab_size:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad_token,
-                                   chat_template=chat_template, model_max_length=32768)
+                                   chat_template=chat_template, model_max_length=32768, **named_tokens)
 
 
 def _qwen_tokenizer(chat_template: str):
@@ -84,8 +87,9 @@ def _save(model, processor, out: str | Path) -> None:
     out = Path(out)
     _scale_head(model)
     out.mkdir(parents=True, exist_ok=True)
-    model.generation_config.eos_token_id = model.config.eos_token_id
-    model.generation_config.pad_token_id = model.config.pad_token_id
+    config = model.config if hasattr(model.config, "eos_token_id") else model.config.get_text_config()
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(out)
     processor.save_pretrained(out)
 

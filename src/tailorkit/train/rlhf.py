@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config.args import ModelArgs, RlhfConfig
 from ..errors import ConfigError, ModelError
-from ..models.load import ModelBundle, check_module_map, detect_family, load_bundle, load_processor, resolve_dtype
+from ..models.load import ModelBundle, check_module_map, load_bundle, load_processor, resolve_dtype, resolve_family
 from ..tuners.plan import apply_tuner, count_parameters
 from .callbacks import JsonlLogCallback, ProgressCallback, plot_loss
 from .guarded import make_guards, resume_point, train_guarded
@@ -175,10 +175,10 @@ def load_reward_bundle(args: ModelArgs) -> ModelBundle:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    family = detect_family(config, args.model_type)
+    family = resolve_family(config, args.model_type, args.trust_remote_code)
     if family.is_multimodal:
         raise ConfigError(f"rlhf_type rm supports text models in this version; {family.name} is multimodal")
-    processor = load_processor(args.model, args.trust_remote_code)
+    processor = load_processor(args.model, args.trust_remote_code, family.chat_template)
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code, num_labels=1)
     if args.attn_impl:
         kwargs["attn_implementation"] = args.attn_impl

@@ -1,0 +1,54 @@
+"""Phi-4-multimodal (transformers-native Phi4MultimodalForCausalLM): SigLIP image embedder with HD crops and
+an up/down projection (the aligner), a conformer audio embedder (component "other") and a Phi-3-style LLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .family import Family, chat_template_file
+from .tiny import _save, _text_config, make_tokenizer
+
+PHI4MM_TEMPLATE = chat_template_file("phi4mm")  # microsoft/Phi-4-multimodal-instruct (native processor)
+# Same quirk as Phi-3: eos_token after the last message when no generation prompt is asked for.
+PHI4MM_PATCH = PHI4MM_TEMPLATE.replace("{% else %}{{ eos_token }}{% endif %}", "{% endif %}")
+_EMBED = "model.embed_tokens_extend"
+
+
+def build_phi4mm(out: str | Path) -> None:
+    """Tiny Phi-4-multimodal: 2-layer SigLIP at the processor's fixed 448 px crop (the image processor
+    hard-codes 256 + 16 tokens per crop layout), 1-block conformer audio, 2-layer LLM."""
+    from transformers import (Phi4MultimodalConfig, Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM,
+                              Phi4MultimodalImageProcessor, Phi4MultimodalProcessor)
+
+    names = dict(image_token="<|image|>", audio_token="<|audio|>")
+    special = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool|>", "<|/tool|>",
+               *names.values()]
+    tok = make_tokenizer(special, PHI4MM_TEMPLATE, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                         extra_special_tokens=names)
+    text = _text_config(tok, eos_token_id=tok.convert_tokens_to_ids("<|end|>"))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=448,
+                  patch_size=14, crop_size=448, image_token_id=tok.convert_tokens_to_ids("<|image|>"))
+    audio = dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=2, nemo_conv_channels=32,
+                 depthwise_seperable_out_channel=32, ext_pw_out_channel=32, depthwise_multiplier=1,
+                 audio_token_id=tok.convert_tokens_to_ids("<|audio|>"))
+    torch.manual_seed(0)
+    model = Phi4MultimodalForCausalLM(Phi4MultimodalConfig(**text, vision_config=vision, audio_config=audio))
+    image_processor = Phi4MultimodalImageProcessor(size={"height": 448, "width": 448}, patch_size=14, dynamic_hd=1)
+    processor = Phi4MultimodalProcessor(image_processor=image_processor,
+                                        audio_processor=Phi4MultimodalFeatureExtractor(), tokenizer=tok,
+                                        chat_template=PHI4MM_TEMPLATE)
+    _save(model, processor, out)
+
+
+PHI4MM = Family(
+    name="phi4_multimodal", model_types=("phi4_multimodal",), auto_class="AutoModelForCausalLM",
+    vision=(f"{_EMBED}.image_embed",),
+    aligner=(f"{_EMBED}.image_embed.img_projection_up", f"{_EMBED}.image_embed.img_projection_down"),
+    llm=("model.embed_tokens", "model.layers", "model.norm"),
+    lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), build_tiny=build_phi4mm,
+    model_class="Phi4MultimodalForCausalLM", processor_class="Phi4MultimodalProcessor", end_of_turn="<|end|>",
+    chat_template=PHI4MM_PATCH,
+    notes="template patch: no eos_token after the last message; the audio embedder is 'other' (trains with the "
+          "LLM unless --freeze_llm); the image processor fixes 448 px crops (~550 tokens for one small image)")

@@ -1,0 +1,66 @@
+"""The model support table in docs/model_families.md, generated from the registry.
+
+Regenerate after changing a family: ``python -m tailorkit.models.support`` (a test fails while the
+committed file differs from what the registry says).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .family import Family
+from .registry import FAMILIES
+
+DOCS_FILE = Path(__file__).resolve().parents[3] / "docs" / "model_families.md"
+
+HEADER = """# Supported model families
+
+Generated from `tailorkit.models.registry` by `python -m tailorkit.models.support`; do not edit by hand.
+
+Every family below is exercised in `tests/models/test_families.py` on a tiny random build made by its
+family file (real config classes, its real processor class, a locally trained tokenizer with the
+family's special tokens and its real chat template): the inference prompt equals the training tokens
+up to the first supervised token, the supervised tokens are exactly the assistant replies, and one
+full-parameter sft step with an image changes every component of the module map. "template patch"
+means the family file replaces the native chat template (the reason is in the notes, and a test shows
+the native one fails). Any other model with a processor, a chat template and an
+`AutoModelForImageTextToText`/`AutoModelForCausalLM` class trains with a module map inferred from the
+loaded model and printed (tested on VipLLaVA and Mistral, which have no family file, and compared with
+every family file above: the LLM and lm_head always agree; Qwen3-VL's deepstack mergers, LLaVA-NeXT's and
+OneVision's image_newline and Phi-4-multimodal's projections are where the inferred vision/aligner split
+differs).
+
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+
+
+def _row(fam: Family) -> str:
+    module_map = "; ".join(f"{comp}: {', '.join(f'`{p}`' for p in getattr(fam, comp))}"
+                           for comp in ("vision", "aligner", "llm", "lm_head") if getattr(fam, comp))
+    classes = f"`{fam.model_class}` / `{fam.processor_class}`"
+    template = "template patch" if fam.chat_template is not None else "native"
+    tested = fam.support + (f" (skipped when {', '.join(fam.requires)} is not installed)" if fam.requires else "")
+    cells = [f"`{fam.name}`", ", ".join(f"`{t}`" for t in fam.model_types), classes, module_map,
+             ", ".join(f"`{t}`" for t in fam.lora_targets), template, tested, fam.notes]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def support_table(families: dict[str, Family] = FAMILIES) -> str:
+    """The whole docs page: header, then one row per registered family."""
+    head = ("| family | model_type | classes (model / processor) | module map | LoRA targets (LLM) | template "
+            "| tested | notes |\n|---|---|---|---|---|---|---|---|\n")
+    return HEADER + head + "\n".join(_row(f) for f in families.values()) + "\n"
+
+
+def write_support_table(path: Path = DOCS_FILE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(support_table())
+    return path
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_support_table(Path(sys.argv[1]) if len(sys.argv) > 1 else DOCS_FILE)}")
