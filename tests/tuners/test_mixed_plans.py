@@ -1,0 +1,103 @@
+"""The four mixed plans of issue 4 on the tiny Qwen2.5-VL: manifest, change check, lr groups, save/reload."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+from tuner_helpers import changed_components, logits, manifest, plain_params, run, vl_inputs, write_vl_data
+
+from tailorkit.models.qwen_vl import QWEN2_5_VL
+from tailorkit.tuners.runtime import load_checkpoint
+from tailorkit.tuners.tiny_adapters import build_qwen2_5_vl_with_adapters
+
+pytestmark = pytest.mark.slow
+
+BASE_LR = 1e-3
+
+
+@pytest.fixture(scope="module")
+def vl_data(tmp_path_factory):
+    return write_vl_data(tmp_path_factory.mktemp("vl-data"))
+
+
+def _check_run(result, base_dir, out, expect_modes, expect_changed, lrs):
+    m = manifest(out)
+    rows = m["by_component"]
+    assert {c: rows[c]["mode"] for c in expect_modes} == expect_modes
+    for comp, mode in expect_modes.items():
+        row = rows[comp]
+        if mode == "frozen":
+            assert row["trainable"] == 0 and row["lr"] == []
+        elif mode == "full":
+            assert row["trainable"] == row["total"] > 0
+        else:  # an adapter: its parameters are trainable, the base weights are not counted as trainable
+            assert 0 < row["trainable"]
+        if comp in lrs:
+            assert row["lr"] == [lrs[comp]]
+    # The optimizer's groups as built by the Trainer, saved before step 1.
+    group_lrs = {g["name"].split("/")[0]: g["lr"] for g in m["param_groups"]}
+    for comp, lr in lrs.items():
+        assert group_lrs[comp] == pytest.approx(lr)
+    # Independently of the run's own check: which base weights moved.
+    base = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
+    moved = changed_components(plain_params(base), plain_params(result.model), QWEN2_5_VL)
+    assert {c: moved[c] for c in expect_changed} == {c: {v} for c, v in expect_changed.items()}
+    # Save -> reload with plain transformers/peft -> same logits as the trained model in memory.
+    reloaded = load_checkpoint(base_dir, result.final_dir, "AutoModelForImageTextToText", dtype=torch.float32)
+    inputs = vl_inputs(result.bundle.processor)
+    trained_logits = logits(result.model, inputs)
+    torch.testing.assert_close(logits(reloaded, inputs), trained_logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(logits(base, inputs), trained_logits, atol=1e-4)
+
+
+def test_vit_full_aligner_full_llm_lora(tiny_vl_dir, vl_data, tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny_vl_dir, vl_data, out, vit="full", aligner="full", llm="lora", vit_lr=2e-4)
+    _check_run(result, tiny_vl_dir, out, {"vision": "full", "aligner": "full", "llm": "lora", "lm_head": "frozen"},
+               {"vision": True, "aligner": True, "llm": False, "lm_head": False},
+               {"vision": 2e-4, "aligner": BASE_LR, "llm": BASE_LR})
+
+
+def test_vit_lora_llm_full(tiny_vl_dir, vl_data, tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny_vl_dir, vl_data, out, vit="lora", llm="full", vit_lr=5e-4)
+    _check_run(result, tiny_vl_dir, out, {"vision": "lora", "aligner": "frozen", "llm": "full", "lm_head": "full"},
+               {"vision": False, "aligner": False, "llm": True, "lm_head": True},
+               {"vision": 5e-4, "llm": BASE_LR, "lm_head": BASE_LR})
+
+
+def test_only_aligner_trained(tiny_vl_dir, vl_data, tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny_vl_dir, vl_data, out, train_type="full", freeze_aligner=False, freeze_llm=True,
+                 aligner_lr=3e-4)
+    _check_run(result, tiny_vl_dir, out, {"vision": "frozen", "aligner": "full", "llm": "frozen",
+                                          "lm_head": "frozen"},
+               {"vision": False, "aligner": True, "llm": False, "lm_head": False}, {"aligner": 3e-4})
+
+
+def test_dummy_trains_the_shipped_adapters(tmp_path, vl_data):
+    base_dir = tmp_path / "model"
+    shipped = build_qwen2_5_vl_with_adapters(base_dir)
+    out = tmp_path / "run"
+    result = run(base_dir, vl_data, out, train_type="dummy", adapters=[str(shipped)], lora_rank=16)
+    m = manifest(out)
+    assert m["adapter"] == "existing"
+    assert {"lora_rank", "lora_alpha", "lora_dropout", "target_modules"} <= set(m["unused_arguments"])
+    # No new adapter: the only adapter parameters are the shipped ones, trained in the LLM only.
+    names = [n for n, _ in result.model.named_parameters() if ".lora_" in n]
+    assert names and all(".vision-lora." in n for n in names)
+    trained = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n and n.startswith("model.language_model.") for n in trained)
+    # Reload: base + the saved adapter folder gives the trained logits; the shipped adapter alone does not.
+    _check_dummy_reload(result, base_dir, shipped)
+
+
+def _check_dummy_reload(result, base_dir, shipped):
+    reloaded = load_checkpoint(base_dir, result.final_dir, "AutoModelForImageTextToText", dtype=torch.float32)
+    inputs = vl_inputs(result.bundle.processor)
+    trained = logits(result.model, inputs)
+    torch.testing.assert_close(logits(reloaded, inputs), trained, rtol=0, atol=1e-5)
+    original = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
+    original.load_adapter(str(shipped), adapter_name="vision-lora")
+    assert not torch.allclose(logits(original, inputs), trained, atol=1e-4)
