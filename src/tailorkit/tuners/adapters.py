@@ -38,9 +38,9 @@ def peft_config(plan: Plan, targets: str):
     if kind == "boft":
         return peft.BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=1, boft_dropout=a.lora_dropout, **common)
     if kind == "loha":
-        return peft.LoHaConfig(r=a.lora_rank, alpha=a.lora_alpha, module_dropout=a.lora_dropout, **common)
+        return peft.LoHaConfig(r=a.lora_rank, alpha=a.lora_alpha, rank_dropout=a.lora_dropout, **common)
     if kind == "lokr":
-        return peft.LoKrConfig(r=a.lora_rank, alpha=a.lora_alpha, module_dropout=a.lora_dropout, **common)
+        return peft.LoKrConfig(r=a.lora_rank, alpha=a.lora_alpha, rank_dropout=a.lora_dropout, **common)
     if kind == "ia3":
         return peft.IA3Config(feedforward_modules=[], **common)
     raise ConfigError(f"unknown adapter kind {kind!r}")

@@ -37,7 +37,8 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
                "parameters": sum(p.numel() for p in g["params"])} for i, g in enumerate(optimizer.param_groups)]
     trainable = sum(r["trainable"] for r in table)
     total = sum(r["total"] for r in table)
-    return {"train_type": plan.train_type, "adapter": plan.adapter, "components": table, "param_groups": groups,
+    return {"train_type": plan.train_type, "adapter": plan.adapter, "components": table,
+            "optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__, "param_groups": groups,
             "trainable": trainable, "total": total, "full_modules_saved_with_adapter": plan.full_modules,
             "unused_arguments": {k: v for k, v in plan.unused.items()}, "notes": plan.notes}
 
