@@ -72,7 +72,7 @@ def test_galore(tiny_text_dir, datasets, tmp_path):
     result = run(tiny_text_dir, datasets["text"], tmp_path / "run", steps=2, train_type="full", use_galore=True,
                  galore_rank=4, galore_update_proj_gap=1)
     m = manifest(tmp_path / "run")
-    assert m["optimizer"] == "GaLoreAdamW"
+    assert m["optimizer"].startswith("galore_torch.")
     assert any(g["name"].startswith("llm/galore") for g in m["param_groups"])
     assert result.log_history
 

@@ -38,9 +38,13 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
     trainable = sum(r["trainable"] for r in table)
     total = sum(r["total"] for r in table)
     return {"train_type": plan.train_type, "adapter": plan.adapter, "components": table,
-            "optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__, "param_groups": groups,
+            "optimizer": _class_path(getattr(optimizer, "optimizer", optimizer)), "param_groups": groups,
             "trainable": trainable, "total": total, "full_modules_saved_with_adapter": plan.full_modules,
             "unused_arguments": {k: v for k, v in plan.unused.items()}, "notes": plan.notes}
+
+
+def _class_path(obj) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def format_manifest(manifest: dict) -> str:
