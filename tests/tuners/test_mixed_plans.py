@@ -76,9 +76,40 @@ def test_only_aligner_trained(tiny_vl_dir, vl_data, tmp_path):
                {"vision": False, "aligner": True, "llm": False, "lm_head": False}, {"aligner": 3e-4})
 
 
-def test_dummy_trains_the_shipped_adapters(tmp_path, vl_data):
-    base_dir = tmp_path / "model"
-    shipped = build_qwen2_5_vl_with_adapters(base_dir)
+@pytest.fixture(scope="module")
+def shipped_model(tmp_path_factory):
+    base_dir = tmp_path_factory.mktemp("shipped") / "model"
+    return base_dir, build_qwen2_5_vl_with_adapters(base_dir)
+
+
+def test_lora_prefix_lists_are_saved(tiny_vl_dir, vl_data, tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny_vl_dir, vl_data, out, trainable_parameters=["model.language_model.norm", "lm_head"],
+                 freeze_parameters=["model.language_model.layers.0"])
+    m = manifest(out)
+    assert {"model.language_model.norm", "lm_head"} <= set(m["full_modules_saved_with_adapter"])
+    _check_run(result, tiny_vl_dir, out, {"vision": "frozen", "llm": "lora"},
+               {"vision": False, "aligner": False, "lm_head": True}, {"llm": BASE_LR, "lm_head": BASE_LR})
+    layer0 = [n for n, p in result.model.named_parameters() if ".layers.0." in n and p.requires_grad]
+    assert layer0 == []
+
+
+def test_new_lora_on_shipped_adapters_warns(shipped_model, vl_data, tmp_path):
+    from tailorkit.config.args import ModelArgs, TunerArgs
+    from tailorkit.models.load import load_bundle
+    from tailorkit.tuners.plan import apply_tuner
+
+    base_dir, shipped = shipped_model
+    bundle = load_bundle(ModelArgs(model=str(base_dir), torch_dtype="float32"))
+    with pytest.warns(UserWarning, match="--train_type dummy"):
+        apply_tuner(bundle, TunerArgs(train_type="lora", adapters=[str(shipped)]))
+    from tailorkit.errors import ConfigError
+    with pytest.raises(ConfigError, match="has none"):
+        apply_tuner(load_bundle(ModelArgs(model=str(base_dir), torch_dtype="float32")), TunerArgs(train_type="dummy"))
+
+
+def test_dummy_trains_the_shipped_adapters(shipped_model, tmp_path, vl_data):
+    base_dir, shipped = shipped_model
     out = tmp_path / "run"
     result = run(base_dir, vl_data, out, train_type="dummy", adapters=[str(shipped)], lora_rank=16)
     m = manifest(out)
@@ -94,7 +125,9 @@ def test_dummy_trains_the_shipped_adapters(tmp_path, vl_data):
 
 
 def _check_dummy_reload(result, base_dir, shipped):
-    reloaded = load_checkpoint(base_dir, result.final_dir, "AutoModelForImageTextToText", dtype=torch.float32)
+    # The checkpoint keeps the shipped layout: one peft folder per adapter, loaded like the original.
+    reloaded = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
+    reloaded.load_adapter(str(result.final_dir / "vision-lora"), adapter_name="vision-lora")
     inputs = vl_inputs(result.bundle.processor)
     trained = logits(result.model, inputs)
     torch.testing.assert_close(logits(reloaded, inputs), trained, rtol=0, atol=1e-5)

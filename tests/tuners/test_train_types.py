@@ -36,14 +36,18 @@ def datasets(tmp_path_factory):
     return {"text": write_text_data(root / "text"), "vl": write_vl_data(root / "vl")}
 
 
-@pytest.mark.parametrize("model", ["text", "vl"])
-@pytest.mark.parametrize("name", list(TRAIN_TYPES))
+# Variants of LoRA's initialisation and scaling run on the text model only; every train type runs on both.
+TEXT_ONLY = {"lora+use_dora", "rslora", "pissa", "olora", "gaussian"}
+CASES = [(name, model) for name in TRAIN_TYPES for model in ("text", "vl") if model == "text" or name not in TEXT_ONLY]
+
+
+@pytest.mark.parametrize("name, model", CASES)
 def test_train_type_trains(name, model, datasets, tiny_text_dir, tiny_vl_dir, tmp_path):
     settings, adapter = TRAIN_TYPES[name]
     model_dir = tiny_text_dir if model == "text" else tiny_vl_dir
-    result = run(model_dir, datasets[model], tmp_path / "run", steps=3, **settings)
+    result = run(model_dir, datasets[model], tmp_path / "run", steps=2, **settings)
     losses = [r["loss"] for r in result.log_history if "loss" in r]
-    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     m = manifest(tmp_path / "run")
     assert m["adapter"] == adapter
     assert m["by_component"]["llm"]["mode"] == ({"full": "full", "lisa": "lisa"}.get(settings["train_type"]) or adapter)
