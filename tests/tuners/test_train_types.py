@@ -97,3 +97,19 @@ def test_qlora_gpu(tiny_vl_dir, datasets, tmp_path):
     result = run(tiny_vl_dir, datasets["vl"], tmp_path / "run", steps=2, train_type="qlora", quant_bits=4,
                  torch_dtype="bfloat16")
     assert any(not p.is_floating_point() for p in result.model.parameters())
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_base_mutating_init_checkpoint_reloads(init, tiny_text_dir, datasets, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from tuner_helpers import logits, text_inputs
+
+    from tailorkit.tuners.runtime import load_checkpoint
+
+    result = run(tiny_text_dir, datasets["text"], tmp_path / "run", steps=2, init_weights=init)
+    reloaded = load_checkpoint(tiny_text_dir, result.final_dir, "AutoModelForCausalLM", dtype=torch.float32)
+    inputs = text_inputs(result.bundle.tokenizer)
+    trained = logits(result.model, inputs)
+    torch.testing.assert_close(logits(reloaded, inputs), trained, rtol=0, atol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_text_dir), dtype=torch.float32)
+    assert not torch.allclose(logits(base, inputs), trained, atol=1e-4)

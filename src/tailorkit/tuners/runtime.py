@@ -21,6 +21,8 @@ def plan_callbacks(model: torch.nn.Module, plan: Plan, seed: int) -> list[Traine
         out.append(LisaCallback(model, plan, seed))
     if plan.adapter == "adalora":
         out.append(AdaLoraCallback())
+    if mutates_base(plan):
+        out.append(InitialAdapterCallback())
     out.append(TrainabilityCallback(plan))
     return out
 
@@ -74,6 +76,24 @@ class AdaLoraCallback(TrainerCallback):
         model.base_model.update_and_allocate(state.global_step)
 
 
+INITIAL_ADAPTER = "initial_adapter"
+
+
+def mutates_base(plan: Plan) -> bool:
+    """PiSSA / OLoRA / CorDA initialisation subtracts the adapter's start from the base weights."""
+    init = plan.args.init_weights.lower()
+    return plan.adapter in ("lora", "dora") and init.startswith(("pissa", "olora", "corda"))
+
+
+class InitialAdapterCallback(TrainerCallback):
+    """Saves the adapter as initialised (once per run), so that checkpoints convert to plain LoRA on the base."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        folder = Path(args.output_dir) / INITIAL_ADAPTER
+        if state.is_world_process_zero and not (folder / "adapter_config.json").is_file():
+            model.save_pretrained(str(folder))
+
+
 def save_plan_extras(model: torch.nn.Module, plan: Plan, output_dir: str | Path) -> None:
     """Make a checkpoint hold everything the plan trained, in files plain peft loads.
 
@@ -84,10 +104,22 @@ def save_plan_extras(model: torch.nn.Module, plan: Plan, output_dir: str | Path)
     out = Path(output_dir)
     from peft import PeftModel
 
+    if isinstance(model, PeftModel) and mutates_base(plan):
+        # Rewrite the adapter as plain LoRA (rank 2r) that applies to the original base weights.
+        initial = _initial_adapter_dir(out)
+        model.save_pretrained(str(out), path_initial_model_for_weight_conversion=str(initial))
     if isinstance(model, PeftModel) and plan.full_modules:
         _add_full_modules(model, plan, out)
     elif plan.train_type == "dummy":
         _save_shipped_adapters(model, out)
+
+
+def _initial_adapter_dir(out: Path) -> Path:
+    for folder in (out, *out.parents[:2]):
+        if (folder / INITIAL_ADAPTER / "adapter_config.json").is_file():
+            return folder / INITIAL_ADAPTER
+    raise ConfigError(f"{out}: the initial adapter ({INITIAL_ADAPTER}/) saved at the start of training is missing; "
+                      "it is needed to convert a PiSSA/OLoRA adapter to plain LoRA")
 
 
 def _add_full_modules(model, plan: Plan, out: Path) -> None:
