@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -106,7 +107,10 @@ def test_base_mutating_init_checkpoint_reloads(init, tiny_text_dir, datasets, tm
 
     from tailorkit.tuners.runtime import load_checkpoint
 
-    result = run(tiny_text_dir, datasets["text"], tmp_path / "run", steps=2, init_weights=init)
+    result = run(tiny_text_dir, datasets["text"], tmp_path / "run", steps=2, init_weights=init, lora_rank=4)
+    # Saved as plain LoRA (rank 2r, no re-initialisation on load): vLLM, merging and peft read it on the base.
+    config = json.loads((result.final_dir / "adapter_config.json").read_text())
+    assert config["init_lora_weights"] is True and config["r"] == 8
     reloaded = load_checkpoint(tiny_text_dir, result.final_dir, "AutoModelForCausalLM", dtype=torch.float32)
     inputs = text_inputs(result.bundle.tokenizer)
     trained = logits(result.model, inputs)
