@@ -82,13 +82,32 @@ def test_galore(tiny_text_dir, datasets, tmp_path):
     assert result.log_history
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_qlora_cpu(tiny_text_dir, datasets, tmp_path, bits):
+@pytest.mark.parametrize("bits, model", [(4, "text"), (8, "text"), (4, "vl")])
+def test_qlora_cpu(bits, model, tiny_text_dir, tiny_vl_dir, datasets, tmp_path):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (dev extra bitsandbytes==0.50.2)")
-    result = run(tiny_text_dir, datasets["text"], tmp_path / "run", steps=2, train_type="qlora", quant_bits=bits)
-    quantized = [n for n, p in result.model.named_parameters() if not p.is_floating_point()]
-    assert quantized, "the base weights should be stored quantized"
-    assert manifest(tmp_path / "run")["adapter"] == "lora"
+    model_dir = tiny_text_dir if model == "text" else tiny_vl_dir
+    extra = {"vit": "full"} if model == "vl" else {}  # a mixed plan: the fully trained ViT stays unquantized
+    result = run(model_dir, datasets[model], tmp_path / "run", steps=2, train_type="qlora", quant_bits=bits,
+                 **extra)
+    quantized = {n for n, p in result.model.named_parameters() if not p.is_floating_point()}
+    assert quantized and all(".language_model." in n or model == "text" for n in quantized)
+    m = manifest(tmp_path / "run")
+    assert m["adapter"] == "lora"
+    base = m["by_component"]["llm"]
+    expected_total = sum(p.numel() for n, p in _reference(model_dir).named_parameters() if "lm_head" not in n
+                         and "visual" not in n)
+    # Counted as unpacked weights (not packed 4-bit storage) plus the adapter's own parameters.
+    assert base["total"] - base["trainable"] == expected_total
+    if model == "vl":
+        assert m["by_component"]["vision"]["trainable"] == m["by_component"]["vision"]["total"]
+
+
+def _reference(model_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    return auto.from_pretrained(str(model_dir))
 
 
 @pytest.mark.gpu

@@ -26,10 +26,10 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
     rows = {c: {"component": c, "mode": plan.modes[c], "trainable": 0, "total": 0, "lr": set()} for c in COMPONENTS}
     for name, p in model.named_parameters():
         row = rows[plan.family.component_of(name)]
-        row["total"] += p.numel()
+        row["total"] += numel(p)
         in_optimizer = id(p) in lr_of
         if p.requires_grad or (plan.modes[row["component"]] == "lisa" and in_optimizer):
-            row["trainable"] += p.numel()
+            row["trainable"] += numel(p)
         if in_optimizer:
             row["lr"].add(lr_of[id(p)])
     table = [{**r, "lr": sorted(r["lr"])} for r in rows.values() if r["total"]]
@@ -41,6 +41,12 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
             "optimizer": _class_path(getattr(optimizer, "optimizer", optimizer)), "param_groups": groups,
             "trainable": trainable, "total": total, "full_modules_saved_with_adapter": plan.full_modules,
             "unused_arguments": {k: v for k, v in plan.unused.items()}, "notes": plan.notes}
+
+
+def numel(p: torch.Tensor) -> int:
+    """Element count of the weight a parameter stands for (a 4-bit bitsandbytes weight is stored packed)."""
+    state = getattr(p, "quant_state", None)
+    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
 
 
 def _class_path(obj) -> str:
