@@ -134,3 +134,20 @@ def _check_dummy_reload(result, base_dir, shipped):
     original = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)
     original.load_adapter(str(shipped), adapter_name="vision-lora")
     assert not torch.allclose(logits(original, inputs), trained, atol=1e-4)
+
+
+def test_mixed_plan_resumes_to_the_same_weights(tiny_vl_dir, vl_data, tmp_path):
+    import shutil
+
+    kw = dict(vit="full", llm="lora", steps=4, save_strategy="steps", save_steps=2, lr_scheduler_type="constant")
+    whole = run(tiny_vl_dir, vl_data, tmp_path / "a", **kw)
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
+    resumed = run(tiny_vl_dir, vl_data, tmp_path / "b", resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"),
+                  **kw)
+    after = dict(resumed.model.named_parameters())
+    # The fully trained ViT lives in the adapter checkpoint: restoring it matters.
+    base = AutoModelForImageTextToText.from_pretrained(str(tiny_vl_dir), dtype=torch.float32)
+    vit = "model.visual.blocks.0.attn.qkv.weight"
+    assert not torch.allclose(after["base_model.model." + vit], dict(base.named_parameters())[vit])
+    for name, p in whole.model.named_parameters():
+        torch.testing.assert_close(after[name], p, rtol=0, atol=1e-6, msg=name)
