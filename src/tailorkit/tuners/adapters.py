@@ -9,7 +9,7 @@ import torch
 from ..errors import ConfigError
 from ..models.family import _strip_peft
 from ..models.load import ModelBundle
-from .plan import Plan, component_targets, matches_prefix, warn
+from .plan import Plan, component_targets, warn
 
 
 def _init_weights(value: str):
@@ -136,7 +136,7 @@ def _apply_prefix_lists(model: torch.nn.Module, args) -> None:
         for name, p in model.named_parameters():
             plain = _strip_peft(name)
             for prefix in prefixes:
-                if matches_prefix(plain, [prefix]) or plain.startswith(prefix):
+                if plain.startswith(prefix):
                     p.requires_grad_(value and _trainable_dtype(name, p))
                     hit.add(prefix)
         missing = [p for p in prefixes if p not in hit]

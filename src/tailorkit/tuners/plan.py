@@ -122,6 +122,12 @@ def _check_plan(plan: Plan) -> None:
     if overlap:
         raise ConfigError(f"{overlap} is in both --freeze_parameters and --trainable_parameters; "
                           "--trainable_parameters is applied last and would win: keep it in one list")
+    plan.unused.update(_unused_arguments(plan))
+
+
+def _unused_arguments(plan: Plan) -> dict[str, object]:
+    """Arguments this plan cannot apply that were changed from their defaults (all adapter ones for dummy)."""
+    args, out = plan.args, {}
     defaults = TunerArgs.__dataclass_fields__
     unused = list(ADAPTER_ARGS) if plan.adapter in (None, "existing") else []
     if plan.train_type != "lisa":
@@ -133,7 +139,8 @@ def _check_plan(plan: Plan) -> None:
         default = f.default_factory() if callable(f.default_factory) else f.default
         # dummy reports every adapter argument: it creates no adapter, so none of them can apply.
         if value != default or (plan.train_type == "dummy" and key in ADAPTER_ARGS):
-            plan.unused[key] = value
+            out[key] = value
+    return out
 
 
 def apply_tuner(bundle: ModelBundle, args: TunerArgs) -> torch.nn.Module:
@@ -149,10 +156,6 @@ def apply_tuner(bundle: ModelBundle, args: TunerArgs) -> torch.nn.Module:
 def plan_of(model) -> Plan | None:
     """The Plan attached by ``apply_tuner``, if any."""
     return getattr(model, PLAN_ATTR, None)
-
-
-def matches_prefix(name: str, prefixes) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def component_targets(model: torch.nn.Module, plan: Plan) -> str:
