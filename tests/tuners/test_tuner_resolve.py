@@ -129,7 +129,7 @@ def test_missing_bitsandbytes_is_a_config_error(monkeypatch, tiny_text_dir):
 
     monkeypatch.setattr(quant.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"bitsandbytes==0.50.2"):
-        quant.quantized_load_kwargs(ModelArgs(model=str(tiny_text_dir)), TunerArgs(train_type="qlora"))
+        quant.plan_load_kwargs(ModelArgs(model=str(tiny_text_dir)), TunerArgs(train_type="qlora"))
 
 
 def test_missing_galore_is_a_config_error(monkeypatch):

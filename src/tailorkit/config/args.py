@@ -70,9 +70,10 @@ class TunerArgs:
     target_modules: list[str] = _f(["all-linear"], "modules that get LoRA: 'all-linear' (every linear layer of "
                                    "the trained components) or module names")
     modules_to_save: list[str] = _f([], "modules trained fully and saved next to the adapter")
-    freeze_vit: bool | None = _f(None, "keep the vision tower frozen (default true)")
-    freeze_aligner: bool | None = _f(None, "keep the vision-to-language aligner (projector) frozen (default true)")
-    freeze_llm: bool | None = _f(None, "keep the language model frozen (default false)")
+    freeze_vit: bool | None = _f(None, "keep the vision tower frozen (true when neither this nor --vit is given)")
+    freeze_aligner: bool | None = _f(None, "keep the vision-to-language aligner (projector) frozen (true when "
+                                     "neither this nor --aligner is given)")
+    freeze_llm: bool | None = _f(None, "keep the language model frozen (false when neither this nor --llm is given)")
     # Explicit per-component plan; each one wins over the matching freeze_* flag, which must then be left unset.
     vit: str | None = _f(None, "vision tower: full, lora or frozen (overrides --freeze_vit)", choices=COMPONENT_MODES)
     aligner: str | None = _f(None, "aligner: full, lora or frozen (overrides --freeze_aligner)",

@@ -15,7 +15,7 @@ from ..data.dataset import EncodeReport, encode_all, load_conversations, load_te
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..tuners.plan import apply_tuner, count_parameters
-from ..tuners.quant import quantized_load_kwargs
+from ..tuners.quant import plan_load_kwargs
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
 
 CONFIG_FILE = "args.yaml"
@@ -60,7 +60,7 @@ def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
         train_items, val_items = _split(train_items, cfg.data.split_dataset_ratio, data_seed)
 
     set_seed(cfg.train.seed)
-    bundle = load_bundle(cfg.model, **quantized_load_kwargs(cfg.model, cfg.tuner))
+    bundle = load_bundle(cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
     model = apply_tuner(bundle, cfg.tuner)
     trainable, total = count_parameters(model)
     print(f"[tailorkit] {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "

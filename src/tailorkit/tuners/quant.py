@@ -6,26 +6,39 @@ import importlib.util
 
 from ..config.args import ModelArgs, TunerArgs
 from ..errors import ConfigError
-from .plan import resolve_plan
+from .plan import Plan, resolve_plan
 
 
-def quantized_load_kwargs(model_args: ModelArgs, tuner: TunerArgs) -> dict:
-    """``from_pretrained`` kwargs for --quant_bits / qlora ({} otherwise).
+def plan_load_kwargs(model_args: ModelArgs, tuner: TunerArgs) -> dict:
+    """Resolve the plan from the model's config (so that its errors come before any weight is loaded) and
+    return the ``from_pretrained`` kwargs it needs: a bitsandbytes config for --quant_bits / qlora, else {}.
 
     Components the plan trains fully, and lm_head, stay unquantized (bitsandbytes skip list).
     """
-    if not (tuner.quant_bits or tuner.train_type == "qlora"):
+    from transformers import AutoConfig
+
+    from ..models.load import detect_family
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.model, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError, TypeError):
+        return {}  # load_bundle reports an unloadable model with its own message
+    plan = resolve_plan(tuner, detect_family(config, model_args.model_type))
+    if not plan.args.quant_bits:
         return {}
+    return quantization_kwargs(plan, model_args)
+
+
+def quantization_kwargs(plan: Plan, model_args: ModelArgs) -> dict:
+    """bitsandbytes 4-bit NF4 (double quant) or 8-bit config for the plan's frozen / adapter components."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("--quant_bits / train_type qlora needs bitsandbytes: pip install bitsandbytes==0.50.2 "
                           "(it loads 4-bit and 8-bit weights on CPU and CUDA)")
-    from transformers import AutoConfig, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    from ..models.load import detect_family, resolve_dtype
+    from ..models.load import resolve_dtype
 
-    config = AutoConfig.from_pretrained(model_args.model, trust_remote_code=model_args.trust_remote_code)
-    family = detect_family(config, model_args.model_type)
-    plan = resolve_plan(tuner, family)
+    family = plan.family
     skip = list(family.lm_head)
     for comp in plan.components("full"):
         skip += list(getattr(family, comp))
