@@ -46,7 +46,9 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
 def numel(p: torch.Tensor) -> int:
     """Element count of the weight a parameter stands for (a 4-bit bitsandbytes weight is stored packed)."""
     state = getattr(p, "quant_state", None)
-    return int(torch.Size(state.shape).numel()) if state is not None else p.numel()
+    if state is not None:
+        return int(torch.Size(state.shape).numel())
+    return int(getattr(p, "ds_numel", p.numel()))  # DeepSpeed ZeRO-3 keeps only a shard here
 
 
 def _class_path(obj) -> str:
@@ -97,7 +99,11 @@ class TrainabilityCallback(TrainerCallback):
             print("[tailorkit] trainability plan\n" + format_manifest(self.manifest))
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             Path(args.output_dir, MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2))
-        self.before = {n: fingerprint(p) for n, p in model.named_parameters()}
+        # ZeRO-3 partitions parameters away from this view (numel 0): those cannot be compared here.
+        self.before = {n: fingerprint(p) for n, p in model.named_parameters() if p.numel() > 0}
+        skipped = sum(1 for _, p in model.named_parameters() if p.numel() == 0)
+        if skipped:
+            print(f"[tailorkit] trainability check skips {skipped} parameters partitioned by DeepSpeed ZeRO-3")
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.steps += 1
@@ -110,6 +116,8 @@ class TrainabilityCallback(TrainerCallback):
         lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
         moved_frozen, stuck = [], []
         for name, p in model.named_parameters():
+            if name not in self.before:
+                continue
             changed = not torch.equal(fingerprint(p), self.before[name])
             if not p.requires_grad:
                 if changed:
