@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import torch
@@ -104,8 +105,9 @@ def save_plan_extras(model: torch.nn.Module, plan: Plan, output_dir: str | Path)
     out = Path(output_dir)
     from peft import PeftModel
 
-    if isinstance(model, PeftModel) and mutates_base(plan):
-        # Rewrite the adapter as plain LoRA (rank 2r) that applies to the original base weights.
+    if isinstance(model, PeftModel) and mutates_base(plan) and not re.fullmatch(r"checkpoint-\d+", out.name):
+        # The final adapter becomes plain LoRA (rank 2r) on the original base weights. Intermediate
+        # checkpoints keep the PiSSA/OLoRA form: peft re-derives the base from it, and resuming needs it.
         initial = _initial_adapter_dir(out)
         model.save_pretrained(str(out), path_initial_model_for_weight_conversion=str(initial))
     if isinstance(model, PeftModel) and plan.full_modules:
