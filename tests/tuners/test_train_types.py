@@ -136,3 +136,12 @@ def test_base_mutating_init_checkpoint_reloads(init, tiny_text_dir, datasets, tm
     torch.testing.assert_close(logits(reloaded, inputs), trained, rtol=0, atol=1e-4)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_text_dir), dtype=torch.float32)
     assert not torch.allclose(logits(base, inputs), trained, atol=1e-4)
+
+
+def test_warmup_manifest_shows_peak_lr_and_check_waits(tiny_text_dir, datasets, tmp_path):
+    # Linear warm-up makes the first step's lr 0: nothing can move, the check re-tests at the next step.
+    result = run(tiny_text_dir, datasets["text"], tmp_path / "run", steps=3, train_type="full", warmup_ratio=0.5,
+                 lr_scheduler_type="linear", learning_rate=2e-3)
+    m = manifest(tmp_path / "run")
+    assert m["by_component"]["llm"]["lr"] == [2e-3]
+    assert [r["learning_rate"] for r in result.log_history if "learning_rate" in r][0] < 2e-3

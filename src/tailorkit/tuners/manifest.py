@@ -22,7 +22,8 @@ class TrainabilityError(TailorkitError, RuntimeError):
 
 def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
     """Component x mode table with trainable/total counts and the learning rates of their groups."""
-    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    # The scheduler already applied its first factor (0 under warm-up); the manifest shows the peak lr.
+    lr_of = {id(p): g.get("initial_lr", g["lr"]) for g in optimizer.param_groups for p in g["params"]}
     rows = {c: {"component": c, "mode": plan.modes[c], "trainable": 0, "total": 0, "lr": set()} for c in COMPONENTS}
     for name, p in model.named_parameters():
         row = rows[plan.family.component_of(name)]
@@ -33,7 +34,8 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
         if in_optimizer:
             row["lr"].add(lr_of[id(p)])
     table = [{**r, "lr": sorted(r["lr"])} for r in rows.values() if r["total"]]
-    groups = [{"name": g.get(GROUP_NAME, f"group{i}"), "lr": g["lr"], "weight_decay": g.get("weight_decay", 0.0),
+    groups = [{"name": g.get(GROUP_NAME, f"group{i}"), "lr": g.get("initial_lr", g["lr"]),
+               "weight_decay": g.get("weight_decay", 0.0),
                "parameters": sum(p.numel() for p in g["params"])} for i, g in enumerate(optimizer.param_groups)]
     trainable = sum(r["trainable"] for r in table)
     total = sum(r["total"] for r in table)
