@@ -88,6 +88,7 @@ def test_lora_prefix_lists_are_saved(tiny_vl_dir, vl_data, tmp_path):
                  freeze_parameters=["model.language_model.layers.0"])
     m = manifest(out)
     assert {"model.language_model.norm", "lm_head"} <= set(m["full_modules_saved_with_adapter"])
+    assert m["by_component"]["lm_head"]["mode"] == "partial" and m["by_component"]["lm_head"]["declared"] == "frozen"
     _check_run(result, tiny_vl_dir, out, {"vision": "frozen", "llm": "lora"},
                {"vision": False, "aligner": False, "lm_head": True}, {"llm": BASE_LR, "lm_head": BASE_LR})
     layer0 = [n for n, p in result.model.named_parameters() if ".layers.0." in n and p.requires_grad]

@@ -107,8 +107,9 @@ def _one_step(tmp_path, sabotage=None):
 def test_check_passes_and_manifest_lists_groups(tmp_path):
     m = _one_step(tmp_path)
     rows = {r["component"]: r for r in m["components"]}
-    assert rows["llm"] == {"component": "llm", "mode": "full", "trainable": 20, "total": 20, "lr": [0.1]}
-    assert rows["lm_head"]["trainable"] == 0 and rows["lm_head"]["lr"] == []
+    assert rows["llm"] == {"component": "llm", "mode": "full", "declared": "full", "trainable": 20, "total": 20,
+                           "lr": [0.1]}
+    assert rows["lm_head"]["trainable"] == 0 and rows["lm_head"]["lr"] == [] and rows["lm_head"]["mode"] == "partial"
 
 
 def test_check_names_a_frozen_parameter_that_moved(tmp_path):

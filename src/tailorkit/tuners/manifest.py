@@ -33,7 +33,7 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
             row["trainable"] += numel(p)
         if in_optimizer:
             row["lr"].add(lr_of[id(p)])
-    table = [{**r, "lr": sorted(r["lr"])} for r in rows.values() if r["total"]]
+    table = [_with_overrides({**r, "lr": sorted(r["lr"])}) for r in rows.values() if r["total"]]
     groups = [{"name": g.get(GROUP_NAME, f"group{i}"), "lr": g.get("initial_lr", g["lr"]),
                "weight_decay": g.get("weight_decay", 0.0),
                "parameters": sum(p.numel() for p in g["params"])} for i, g in enumerate(optimizer.param_groups)]
@@ -43,6 +43,15 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
             "optimizer": _class_path(getattr(optimizer, "optimizer", optimizer)), "param_groups": groups,
             "trainable": trainable, "total": total, "full_modules_saved_with_adapter": plan.full_modules,
             "unused_arguments": {k: v for k, v in plan.unused.items()}, "notes": plan.notes}
+
+
+def _with_overrides(row: dict) -> dict:
+    """Mode 'partial' where --freeze_parameters / --trainable_parameters / --modules_to_save changed the plan."""
+    declared = row["mode"]
+    if (declared == "frozen" and row["trainable"]) or (declared == "full" and row["trainable"] < row["total"]):
+        row["mode"] = "partial"
+    row["declared"] = declared
+    return row
 
 
 def numel(p: torch.Tensor) -> int:
