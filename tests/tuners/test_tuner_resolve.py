@@ -139,3 +139,23 @@ def test_missing_galore_is_a_config_error(monkeypatch):
     args = SimpleNamespace(learning_rate=0.1, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
     with pytest.raises(ConfigError, match="galore-torch"):
         build_optimizer(_Tiny(), plan, args, set())
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(freeze_vit=False, target_modules=["qkv", "q_proj"]), {"vision": {"qkv"}, "llm": {"q_proj"}}),
+    (dict(target_regex=r".*\.layers\.1\.mlp\.down_proj"), {"llm": {"down_proj"}}),
+    (dict(vit="lora", llm="full"), {"vision": {"qkv", "proj", "gate_proj", "up_proj", "down_proj"}}),
+])
+def test_adapter_targets_stay_in_their_components(kw, expected, tiny_vl_dir):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from tailorkit.models.load import load_bundle
+    from tailorkit.tuners.plan import apply_tuner
+
+    bundle = load_bundle(ModelArgs(model=str(tiny_vl_dir), torch_dtype="float32"))
+    model = apply_tuner(bundle, TunerArgs(**kw))
+    got: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            got.setdefault(QWEN2_5_VL.component_of(name), set()).add(name.rsplit(".", 1)[-1])
+    assert got == expected
