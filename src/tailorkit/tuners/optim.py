@@ -48,7 +48,9 @@ def param_groups(model: torch.nn.Module, plan: Plan, base_lr: float, weight_deca
                 groups[key].update(rank=a.galore_rank, update_proj_gap=a.galore_update_proj_gap,
                                    scale=a.galore_scale, proj_type="std")
         groups[key]["params"].append(p)
-    return list(groups.values())
+    # The Trainer logs the first group's learning rate: put the language model's groups first.
+    order = {c: i for i, c in enumerate(("llm", "lm_head", "other", "aligner", "vision"))}
+    return [groups[k] for k in sorted(groups, key=lambda k: (order[k[0]], k[1], not k[2]))]
 
 
 def build_optimizer(model: torch.nn.Module, plan: Plan, training_args, decay_names: set[str]):
