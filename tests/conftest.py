@@ -21,3 +21,12 @@ def tiny_vl_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-qwen2_5_vl")
     build_qwen2_5_vl(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_adapters(tiny_vl_dir, tmp_path_factory):
+    """Two random LoRA adapters (name -> folder) for the tiny Qwen2.5-VL that answer differently."""
+    from tailorkit.models.tiny_lora import build_random_lora
+
+    root = tmp_path_factory.mktemp("tiny-vl-adapters")
+    return {name: build_random_lora(tiny_vl_dir, root / name, seed) for name, seed in (("alpha", 1), ("beta", 2))}

@@ -21,14 +21,28 @@ class Verb:
 
 def _verbs() -> dict[str, Verb]:
     from .config import SftConfig
+    from .config.infer import DeployConfig, InferConfig
     from .demo.run import DemoConfig, demo
+    from .doctor import DoctorConfig, doctor
+    from .infer.run import infer
     from .models.tiny_cli import TinyConfig, tiny
+    from .serve.deploy import deploy
     from .train.sft import pt, sft
+    from .config.args import RlhfConfig
+    from .train.rlhf import rlhf
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),
         "pt": Verb("continued pre-training on raw text (loss on every token)", SftConfig, pt),
+        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), grpo",
+                     RlhfConfig, rlhf),
         "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", DemoConfig,
                      demo),
+        "doctor": Verb("check model, processor and data (every row, media file and encoded length) and estimate "
+                       "memory; changes nothing", DoctorConfig, doctor),
+        "infer": Verb("generate replies: interactive chat, or a dataset written to jsonl (--val_dataset)", InferConfig,
+                      infer),
+        "deploy": Verb("serve an OpenAI-compatible API (127.0.0.1 by default; --api_key guards every endpoint)",
+                       DeployConfig, deploy),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", TinyConfig, tiny),
     }
 

@@ -32,3 +32,11 @@ class ModelError(TailorkitError, ValueError):
 
 class TooLongError(DataError):
     """A sample's encoded length exceeds --max_length."""
+
+
+class CheckpointError(TailorkitError, OSError):
+    """A checkpoint cannot be written or read; the previous complete checkpoint is left intact."""
+
+
+class TrainingStopped(TailorkitError):
+    """Training stopped early (a signal or a fatal alarm) after keeping its last good checkpoint."""

@@ -30,20 +30,33 @@ class ModelArgs:
     attn_impl: str | None = _f(None, "attention implementation: sdpa, eager or flash_attention_2",
                                choices=(None, "sdpa", "eager", "flash_attention_2"))
     trust_remote_code: bool = _f(False, "allow the model repository's own Python code to run")
+    max_pixels: int | None = _f(None, "image token budget: most pixels per image after resizing (saved with the "
+                                "checkpoint's processor, so inference uses the same)")
+    min_pixels: int | None = _f(None, "image token budget: fewest pixels per image after resizing (saved likewise)")
+    video_max_frames: int | None = _f(None, "most frames sampled per video (processors that sample frames)")
+    fps: float | None = _f(None, "frames per second sampled from videos (processors that sample frames)")
 
     def __post_init__(self):
         if self.torch_dtype not in DTYPES:
             raise ConfigError(f"torch_dtype {self.torch_dtype!r} is not one of {', '.join(DTYPES)}")
+        for name in ("max_pixels", "min_pixels", "video_max_frames", "fps"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError(f"min_pixels {self.min_pixels} is larger than max_pixels {self.max_pixels}")
 
 
 @dataclass
 class DataArgs:
-    dataset: list[str] = _f([], "training data files (jsonl, json); 'path#N' samples N rows")
+    dataset: list[str] = _f([], "training data: jsonl/json/csv/parquet files, `datasets` folders or hub ids; "
+                            "'path#N' samples N rows (repeating when N exceeds the size)")
     val_dataset: list[str] = _f([], "validation data files; same forms as --dataset")
     split_dataset_ratio: float = _f(0.0, "fraction of --dataset held out for validation when no --val_dataset")
     max_length: int = _f(2048, "maximum encoded length in tokens, media tokens included")
-    truncation_strategy: str = _f("raise", "what to do with samples over --max_length: raise or delete (skip, counted)",
-                                  choices=("raise", "delete"))
+    truncation_strategy: str = _f("raise", "samples over --max_length: raise, delete (skip, counted), or cut from "
+                                  "the left/right (never through media; uncuttable ones are skipped, counted)",
+                                  choices=("raise", "delete", "left", "right"))
+    streaming: bool = _f(False, "read, check and encode rows lazily while training (needs --max_steps)")
     system: str | None = _f(None, "system prompt used for rows that have none")
     dataloader_num_workers: int = _f(0, "data loading worker processes")
     data_seed: int | None = _f(None, "seed for sampling 'path#N' and the validation split (default: --seed)")
@@ -133,7 +146,12 @@ class TrainArgs:
     save_total_limit: int | None = _f(None, "keep at most this many checkpoints")
     seed: int = _f(42, "random seed for initialisation, shuffling and dropout")
     report_to: list[str] = _f(["none"], "experiment trackers: none, tensorboard, wandb ...")
-    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from")
+    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from, or 'last' (the newest "
+                                            "complete checkpoint in --output_dir)")
+    resume_only_model: bool = _f(False, "with --resume_from_checkpoint: load only the weights and start a fresh "
+                                 "run (new optimizer, schedule and data order); allows a changed config")
+    strict_alarms: bool = _f(False, "make every training alarm fatal (stop, keep the last good checkpoint)")
+    alarm_patience: int = _f(5, "logging steps a loss must stay exactly constant (or 0) before it raises an alarm")
     deepspeed: str | None = _f(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
 
     def __post_init__(self):
@@ -144,6 +162,8 @@ class TrainArgs:
                 raise ConfigError(f"gradient_checkpointing_kwargs is not valid JSON: {e}") from None
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.alarm_patience < 1:
+            raise ConfigError(f"alarm_patience must be >= 1 logging step, got {self.alarm_patience}")
         if self.deepspeed is not None:
             _check_deepspeed(self.deepspeed)
 
@@ -175,6 +195,10 @@ class SftConfig:
             raise ConfigError("--dataset is required: one or more data files")
         if self.train.learning_rate is None:
             self.train.learning_rate = 1e-5 if self.tuner.train_type in ("full", "lisa") else 1e-4
+        if self.data.streaming and self.train.max_steps <= 0:
+            raise ConfigError("--streaming true needs --max_steps: a stream has no known length to count epochs in")
+        if self.data.streaming and self.data.split_dataset_ratio > 0:
+            raise ConfigError("--streaming true cannot hold out --split_dataset_ratio; give --val_dataset instead")
         if self.model.torch_dtype == "float16":
             import torch
             if not torch.cuda.is_available():
@@ -195,3 +219,79 @@ def concern_fields(cls) -> dict[str, tuple[str, object, object]]:
                 raise AssertionError(f"argument {f.name} is defined twice")
             out[f.name] = (concern.name, f, hints[f.name])
     return out
+
+
+RLHF_TYPES = ("dpo", "orpo", "simpo", "cpo", "kto", "rm", "grpo")
+
+
+@dataclass
+class RlhfArgs:
+    """Settings of preference and reinforcement training (`tailorkit rlhf`); ms-swift's names."""
+
+    rlhf_type: str = _f("dpo", "algorithm", choices=RLHF_TYPES)
+    beta: float | None = _f(None, "strength of the preference / KL term (default: dpo, orpo, cpo, kto 0.1; "
+                            "simpo 2.0; grpo 0.04)")
+    loss_type: str | None = _f(None, "variant: dpo sigmoid|ipo|hinge|robust (default sigmoid); cpo/simpo "
+                               "sigmoid|hinge|ipo|simpo; grpo grpo|bnpo|dr_grpo|dapo (default grpo)")
+    label_smoothing: float = _f(0.0, "assumed fraction of flipped preference labels (dpo robust, cpo, simpo)")
+    rpo_alpha: float | None = _f(None, "weight of the NLL on chosen replies added to the DPO loss (RPO)")
+    simpo_gamma: float = _f(1.0, "SimPO target reward margin")
+    cpo_alpha: float | None = _f(None, "weight of the NLL on chosen replies in CPO/SimPO (default cpo 1.0, simpo 0)")
+    desirable_weight: float = _f(1.0, "KTO weight of desirable (label true) samples")
+    undesirable_weight: float = _f(1.0, "KTO weight of undesirable (label false) samples")
+    center_rewards_coefficient: float | None = _f(None, "rm: weight of a penalty pulling rewards towards 0")
+    ref_model: str | None = _f(None, "reference model (default: the base with the LoRA adapter disabled, or a "
+                               "frozen copy of the model for full training)")
+    precompute_ref_log_probs: bool = _f(False, "dpo/kto: compute reference log-probs once before training "
+                                        "instead of keeping a reference model")
+    num_generations: int = _f(4, "grpo: completions sampled per prompt (the group)")
+    max_completion_length: int = _f(64, "grpo: maximum new tokens per completion")
+    temperature: float = _f(1.0, "grpo: sampling temperature of the rollouts")
+    top_p: float = _f(1.0, "grpo: nucleus sampling of the rollouts")
+    top_k: int = _f(0, "grpo: top-k sampling of the rollouts (0 = off)")
+    reward_funcs: list[str] = _f([], "grpo: reward functions: accuracy, format, soft_overlong or names from "
+                                 "--external_plugins")
+    reward_weights: list[str] = _f([], "grpo: one weight per reward function (default all 1)")
+    external_plugins: list[str] = _f([], "grpo: Python files defining reward functions "
+                                     "f(completions, **columns) -> list[float]")
+    epsilon: float = _f(0.2, "grpo: clipping range of the importance ratio")
+    epsilon_high: float | None = _f(None, "grpo: upper clipping range (default: --epsilon)")
+    importance_sampling_level: str = _f("token", "grpo: token (GRPO) or sequence (GSPO) importance ratio",
+                                        choices=("token", "sequence"))
+    scale_rewards: str = _f("group", "grpo: divide advantages by the reward std of the group, the batch, or "
+                            "none", choices=("group", "batch", "none"))
+    format_pattern: str = _f(r"^<think>.*?</think>\s*<answer>.*?</answer>$", "grpo: regex of the format reward")
+    soft_cache_length: int | None = _f(None, "grpo: soft_overlong reward: penalty ramps over the last N tokens "
+                                       "before --max_completion_length (default: a quarter of it)")
+    reward_alarm_steps: int = _f(5, "warn when rewards are flat this many steps (grpo: constant in every group; "
+                                 "dpo, kto, rm: chosen and rejected identical)")
+    kl_alarm: float = _f(10.0, "grpo: warn when the mean KL to the reference exceeds this")
+
+    def __post_init__(self):
+        if self.rlhf_type not in RLHF_TYPES:
+            raise ConfigError(f"rlhf_type {self.rlhf_type!r} is not one of {', '.join(RLHF_TYPES)}")
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be >= 2: GRPO's advantages compare completions of one prompt")
+        if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
+            raise ConfigError(f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} "
+                              "reward_funcs; give one weight per function")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+@dataclass
+class RlhfConfig:
+    """Everything `tailorkit rlhf` needs: the sft concerns plus the algorithm's settings."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    tuner: TunerArgs = field(default_factory=TunerArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    rlhf: RlhfArgs = field(default_factory=RlhfArgs)
+
+    def __post_init__(self):
+        SftConfig.__post_init__(self)
+        from ..train.rlhf import resolve_defaults
+        resolve_defaults(self)
+
+    flat = SftConfig.flat

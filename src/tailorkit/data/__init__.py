@@ -1,1 +1,1 @@
-"""tailorkit.data"""
+"""Dataset rows, the one encoder and collation."""

@@ -2,62 +2,27 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, TooLongError
 from .encode import Encoded, encode, encode_text
-from .formats import Conversation, TextSample, parse_row, parse_text_row
-from .media import media_exists, resolve_path
+from .formats import MEDIA_KINDS, Conversation, TextSample, parse_row, parse_text_row
+from .media import missing_media
+from .sources import base_dir_of, iter_rows, split_spec
+from .truncate import UNCUTTABLE, truncate
 
 MAX_LISTED_ERRORS = 10
 
 
-def split_spec(spec: str) -> tuple[str, int | None]:
-    """'data.jsonl#100' -> ('data.jsonl', 100)."""
-    if "#" in spec:
-        path, n = spec.rsplit("#", 1)
-        if not n.isdigit() or int(n) == 0:
-            raise DataError(f"'{spec}': the part after '#' must be a positive number of rows")
-        return path, int(n)
-    return spec, None
-
-
-def iter_rows(path: str):
-    """(line, row) for jsonl (1-based line numbers) and json lists (0-based row index)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"dataset file {path} does not exist")
-    if p.suffix == ".jsonl":
-        with p.open(encoding="utf-8") as f:
-            for n, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    yield n, json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=path, line=n,
-                                    fix="each line must be one JSON object") from None
-    elif p.suffix == ".json":
-        try:
-            rows = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg}", source=path, line=e.lineno) from None
-        if not isinstance(rows, list):
-            raise DataError("a .json dataset must be a list of rows", source=path)
-        yield from enumerate(rows)
-    else:
-        raise DataError(f"unsupported dataset file type {p.suffix!r} for {path}; use .jsonl or .json")
-
-
 def sample_rows(items: list, n: int | None, seed: int) -> list:
     """ms-swift's 'path#N': N rows, shuffled; repeats whole passes when N exceeds the size."""
-    if n is None:
+    if n is None or not items:
         return items
     rng = random.Random(seed)
     out = []
@@ -68,39 +33,104 @@ def sample_rows(items: list, n: int | None, seed: int) -> list:
 
 
 def load_conversations(specs: list[str], *, system: str | None = None, seed: int = 42,
-                       check_media: bool = True) -> list[Conversation]:
-    """Parse every row of every dataset; all errors found are reported together (up to 10)."""
+                       check_media: bool = True, parse=parse_row, convs_of=lambda item: [item],
+                       need_reply: bool = True) -> list[Conversation]:
+    """Parse every row of every dataset; all errors found are reported together (up to 10).
+
+    ``parse`` (a row parser with parse_row's signature) and ``convs_of`` (the Conversations inside
+    what it returns) let other layouts, such as preference pairs, share this loop. ``need_reply=False``
+    accepts conversations that end with a user turn (prompts to answer).
+    """
+    if not need_reply:
+        parse = functools.partial(parse, need_reply=False)
     out, errors = [], []
     for spec in specs:
-        path, n = split_spec(spec)
-        base = str(Path(path).resolve().parent)
-        convs = []
-        for line, row in iter_rows(path):
-            try:
-                conv = parse_row(row, source=path, line=line, base_dir=base, system=system)
-                if check_media:
-                    for src in conv.images:
-                        if not media_exists(src, base):
-                            raise conv.error(f"image file {resolve_path(src, base)} does not exist", field="images")
-                convs.append(conv)
-            except DataError as e:
-                errors.append(e)
-        out.extend(sample_rows(convs, n, seed))
+        convs, errs = scan_dataset(spec, system=system, check_media=check_media, parse=parse, convs_of=convs_of)
+        errors += errs
+        out.extend(sample_rows(convs, split_spec(spec)[1], seed))
     _raise_collected(errors)
     return out
 
 
+def scan_dataset(spec: str, *, system: str | None = None, check_media: bool = True, parse=parse_row,
+                 convs_of=lambda item: [item]) -> tuple[list[Conversation], list[DataError]]:
+    """(conversations, row errors) of one dataset spec; a file-level error (unreadable file) is collected too."""
+    convs, errors = [], []
+    try:
+        for conv in iter_conversations(spec, system=system, check_media=check_media, errors=errors, parse=parse,
+                                       convs_of=convs_of):
+            convs.append(conv)
+    except DataError as e:
+        errors.append(e)
+    return convs, errors
+
+
+def iter_conversations(spec: str, *, system: str | None = None, check_media: bool = True,
+                       errors: list | None = None, streaming: bool = False, parse=parse_row,
+                       convs_of=lambda item: [item]):
+    """Conversations of one dataset spec, lazily; bad rows go to ``errors`` (or raise when it is None).
+
+    Under ``streaming`` a 'path#N' spec yields the first N rows (a stream cannot be shuffled or repeated).
+    ``parse`` (parse_row's signature) and ``convs_of`` (the Conversations inside what it returns) let
+    other layouts, such as preference pairs, share this loop.
+    """
+    base = base_dir_of(split_spec(spec)[0])
+
+    def parse_checked(row, path, line):
+        item = parse(row, source=path, line=line, base_dir=base, system=system)
+        if check_media:
+            for conv in convs_of(item):
+                check_media_files(conv)
+        return item
+
+    return _iter_parsed(spec, parse_checked, errors=errors, streaming=streaming)
+
+
+def iter_text_samples(spec: str, *, errors: list | None = None, streaming: bool = False):
+    """Pre-training samples of one dataset spec, lazily; like `iter_conversations` for {"text": ...} rows."""
+    return _iter_parsed(spec, lambda row, path, line: parse_text_row(row, source=path, line=line), errors=errors,
+                        streaming=streaming)
+
+
+def _iter_parsed(spec: str, parse, *, errors: list | None, streaming: bool):
+    path, n = split_spec(spec)
+    count = 0
+    for line, row in iter_rows(path, streaming=streaming):
+        if streaming and n is not None and count >= n:
+            return
+        try:
+            if isinstance(row, DataError):
+                raise row
+            item = parse(row, path, line)
+        except DataError as e:
+            if errors is None:
+                raise
+            errors.append(e)
+            continue
+        count += 1
+        yield item
+
+
+def check_media_files(conv: Conversation) -> None:
+    """Every local media file of the conversation exists (cheap: nothing is decoded)."""
+    for kind in MEDIA_KINDS:
+        for src in conv.media(kind):
+            path = missing_media(src, conv.base_dir)
+            if path is not None:
+                raise conv.error(f"{kind} file {path} does not exist", field=f"{kind}s",
+                                 fix="fix the path; relative paths resolve against the dataset file's folder")
+
+
 def load_text_samples(specs: list[str], *, seed: int = 42) -> list[TextSample]:
+    """Parse every pre-training row of every dataset; all errors found are reported together (up to 10)."""
     out, errors = [], []
     for spec in specs:
-        path, n = split_spec(spec)
-        samples = []
-        for line, row in iter_rows(path):
-            try:
-                samples.append(parse_text_row(row, source=path, line=line))
-            except DataError as e:
-                errors.append(e)
-        out.extend(sample_rows(samples, n, seed))
+        try:
+            samples = list(iter_text_samples(spec, errors=errors))
+        except DataError as e:
+            errors.append(e)
+            continue
+        out.extend(sample_rows(samples, split_spec(spec)[1], seed))
     _raise_collected(errors)
     return out
 
@@ -119,9 +149,12 @@ def _raise_collected(errors: list[DataError]) -> None:
 class EncodeReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    truncated: int = 0
 
     def summary(self) -> str:
         text = f"{self.kept} samples encoded"
+        if self.truncated:
+            text += f" ({self.truncated} truncated to max_length)"
         if self.skipped:
             text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in self.skipped.items())
         return text
@@ -129,18 +162,67 @@ class EncodeReport:
 
 def encode_all(items: list, processor, *, max_length: int, truncation: str, desc: str = "encoding",
                text: bool = False) -> tuple[list[Encoded], EncodeReport]:
-    """Encode every sample; over-long ones raise or (truncation='delete') are skipped and counted."""
-    tok = getattr(processor, "tokenizer", processor)
+    """Encode every sample; over-long ones raise, are skipped (delete), or cut (left/right) where that never cuts
+    a media span; samples that cannot be cut safely are skipped. Skips and cuts are counted in the report."""
     report, out = EncodeReport(), []
     for item in tqdm(items, desc=desc, unit="sample", disable=len(items) < 50):
-        try:
-            enc = encode_text(item, tok, max_length=max_length) if text else encode(item, processor,
-                                                                                     max_length=max_length)
-        except TooLongError:
-            if truncation != "delete":
-                raise
-            report.skipped["longer than max_length"] += 1
-            continue
-        out.append(enc)
+        enc = encode_one(item, processor, max_length=max_length, truncation=truncation, text=text, report=report)
+        if enc is not None:
+            out.append(enc)
     report.kept = len(out)
     return out, report
+
+
+def encode_one(item, processor, *, max_length: int, truncation: str, text: bool, report: EncodeReport
+               ) -> Encoded | None:
+    """One sample encoded under the truncation strategy, or None when it is skipped (counted in ``report``)."""
+    limit = None if truncation in ("left", "right") else max_length
+    try:
+        if text:
+            enc = encode_text(item, getattr(processor, "tokenizer", processor), max_length=limit)
+        else:
+            enc = encode(item, processor, max_length=limit)
+    except TooLongError:
+        if truncation != "delete":
+            raise
+        report.skipped["longer than max_length"] += 1
+        return None
+    if truncation in ("left", "right") and len(enc) > max_length:
+        cut = truncate(enc, max_length, truncation, processor)
+        if cut is None:
+            report.skipped[UNCUTTABLE] += 1
+            return None
+        report.truncated += 1
+        enc = cut
+    return enc
+
+
+class StreamingEncoded(torch.utils.data.IterableDataset):
+    """--streaming: rows are read, checked and encoded lazily as training consumes them.
+
+    ``report`` counts skips and cuts so far (in this process: with --dataloader_num_workers the counts stay
+    in the workers); a broken row raises when the stream reaches it.
+    """
+
+    def __init__(self, specs: list[str], processor, *, max_length: int, truncation: str,
+                 system: str | None = None, text: bool = False):
+        self.specs, self.processor, self.system, self.text = specs, processor, system, text
+        self.kwargs = dict(max_length=max_length, truncation=truncation, text=text)
+        self.report = EncodeReport()
+
+    def items(self):
+        for spec in self.specs:
+            if self.text:
+                yield from iter_text_samples(spec, streaming=True)
+            else:
+                yield from iter_conversations(spec, system=self.system, streaming=True)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()  # with dataloader workers, each encodes every k-th row
+        for i, item in enumerate(self.items()):
+            if info is not None and i % info.num_workers != info.id:
+                continue
+            enc = encode_one(item, self.processor, report=self.report, **self.kwargs)
+            if enc is not None:
+                self.report.kept += 1
+                yield enc

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DataError, TooLongError
-from .formats import Conversation, TextSample, count_images
-from .media import load_image
+from .formats import Conversation, TextSample, count_media
+from .media import load_audio, load_image, load_video
 
 IGNORE = -100
 
@@ -39,10 +39,16 @@ def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def run_processor(processor, text: str, images: list) -> dict:
+def run_processor(processor, text: str, images: list, videos: list | None = None, audios: list | None = None) -> dict:
     """The processor's output for one rendered text (no special tokens added: the template has them)."""
-    if hasattr(processor, "image_processor"):
-        return dict(processor(text=[text], images=images or None, return_tensors="pt", add_special_tokens=False))
+    media = {"images": images or None}
+    for name, given, owner in (("videos", videos, "video_processor"), ("audio", audios, "feature_extractor")):
+        if given and not hasattr(processor, owner):
+            raise DataError(f"this model's processor has no {owner} but the sample has {name}")
+        if given:
+            media[name] = given
+    if hasattr(processor, "image_processor") or len(media) > 1:
+        return dict(processor(text=[text], **media, return_tensors="pt", add_special_tokens=False))
     if images:
         raise DataError("this model has no image processor but the sample has images")
     return dict(processor(text, return_tensors="pt", add_special_tokens=False))
@@ -62,18 +68,37 @@ def _images_of(conv: Conversation) -> list:
     return [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
 
 
+def _media_of(conv: Conversation, processor) -> dict[str, list]:
+    """Decoded media of a conversation by kind (image, video, audio), in placeholder order."""
+    where = dict(source=conv.source, line=conv.line)
+    for kind, owner in (("image", "image_processor"), ("video", "video_processor"), ("audio", "feature_extractor")):
+        if conv.media(kind) and not hasattr(processor, owner):
+            raise conv.error(f"the row has {kind}s but this model's processor has no {owner}", field=f"{kind}s",
+                             fix=f"use a model that takes {kind}s or remove them from the data")
+    return {"image": _images_of(conv),
+            "video": [load_video(src, conv.base_dir, **where) for src in conv.videos],
+            "audio": [load_audio(src, conv.base_dir, **where)[0] for src in conv.audios]}
+
+
+def _run(processor, text: str, media: dict[str, list], messages: list | None = None) -> dict:
+    """run_processor with the media of the first ``messages`` (all media when None)."""
+    n = {k: len(v) if messages is None else count_media(messages, k) for k, v in media.items()}
+    return run_processor(processor, text, media["image"][: n["image"]], media["video"][: n["video"]],
+                         media["audio"][: n["audio"]])
+
+
 def encode_prompt(conv: Conversation, processor, images: list | None = None) -> Encoded:
     """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
-    images = _images_of(conv) if images is None else images
+    media = _media_of(conv, processor) if images is None else {"image": images, "video": [], "audio": []}
     text = render(processor, conv.messages, add_generation_prompt=True)
-    out = run_processor(processor, text, images)
+    out = _run(processor, text, media)
     return _to_encoded(out, labels=None)
 
 
 def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
     """Encode a full conversation with labels on the assistant replies (and their end-of-turn token)."""
-    images = _images_of(conv)
-    full = run_processor(processor, render(processor, conv.messages, False), images)
+    images = _media_of(conv, processor)
+    full = _run(processor, render(processor, conv.messages, False), images)
     ids = full["input_ids"][0].tolist()
     labels = [IGNORE] * len(ids)
     tok = getattr(processor, "tokenizer", processor)
@@ -92,14 +117,13 @@ def encode(conv: Conversation, processor, *, max_length: int | None = None) -> E
     if max_length is not None and len(enc) > max_length:
         raise TooLongError(f"encoded length {len(enc)} exceeds max_length {max_length}", source=conv.source,
                            line=conv.line, field="messages",
-                           fix="raise --max_length, shorten the sample, or use --truncation_strategy delete")
+                           fix="raise --max_length, shorten the sample, or use --truncation_strategy delete/left/right")
     return enc
 
 
 def _prefix_len(processor, conv, messages, gen_prompt: bool, images: list, full_ids: list[int]) -> int:
     text = render(processor, messages, gen_prompt)
-    n_img = count_images(messages)
-    ids = run_processor(processor, text, images[:n_img])["input_ids"][0].tolist()
+    ids = _run(processor, text, images, messages)["input_ids"][0].tolist()
     if full_ids[: len(ids)] != ids:
         raise conv.error("the chat template does not render this conversation's prefix as a prefix of the whole "
                          "conversation, so the reply cannot be located", field="messages",

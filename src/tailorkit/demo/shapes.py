@@ -9,7 +9,7 @@ from pathlib import Path
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (230, 210, 30)}
 SHAPES = ("circle", "square", "triangle")
 QUESTIONS = {"colour": "What colour is the shape?", "shape": "What shape is this?"}
-SIZE = 56  # 2x2 merged Qwen-VL patches of 28 px: 4 image tokens
+SIZE = 84  # 3x3 merged Qwen-VL patches of 28 px: 9 image tokens
 
 
 def draw(colour: str, shape: str, rng: random.Random):
@@ -17,8 +17,8 @@ def draw(colour: str, shape: str, rng: random.Random):
 
     image = Image.new("RGB", (SIZE, SIZE), (245, 245, 245))
     d = ImageDraw.Draw(image)
-    r = rng.randint(14, 22)
-    cx, cy = rng.randint(r + 2, SIZE - r - 2), rng.randint(r + 2, SIZE - r - 2)
+    r = rng.randint(28, 36)  # large and near the centre: corner patches tell the shapes apart
+    cx, cy = SIZE // 2 + rng.randint(-4, 4), SIZE // 2 + rng.randint(-4, 4)
     fill = COLOURS[colour]
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -46,6 +46,13 @@ def write_split(folder: Path, name: str, n: int, seed: int) -> Path:
                    "images": [image_path]}
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def options_for(conv) -> list[str]:
+    """The valid answers for a row's question."""
+    question = conv.messages[-2]["content"]
+    text = question if isinstance(question, str) else " ".join(p.get("text", "") for p in question)
+    return list(COLOURS) if QUESTIONS["colour"] in text else list(SHAPES)
 
 
 def chance_accuracy() -> float:

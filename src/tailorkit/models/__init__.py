@@ -1,1 +1,1 @@
-"""tailorkit.models"""
+"""Model families, loading and tiny random builds."""

@@ -10,6 +10,7 @@ import torch
 from ..config.args import ModelArgs
 from ..errors import ModelError
 from .family import Family
+from .media_budget import apply_media_budget
 from .registry import family_by_name, family_for_config
 
 
@@ -94,6 +95,7 @@ def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
         raise ModelError(f"cannot load a model config from {path}: {e}") from None
     family = detect_family(config, args.model_type)
     processor = load_processor(path, args.trust_remote_code)
+    apply_media_budget(processor, args)
     auto = getattr(transformers, family.auto_class)
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code)
     if args.attn_impl:

@@ -70,8 +70,19 @@ def _qwen_tokenizer(chat_template: str):
     return tok
 
 
+def _scale_head(model, std: float = 0.25) -> None:
+    """Give the random lm_head the logit range of a trained one.
+
+    With the default 0.02 init and a frozen head (LoRA), the largest reachable logit margin is ~1, so
+    the loss cannot fall below ~ln(vocab) whatever the adapter learns; trained heads are not like that.
+    """
+    with torch.no_grad():
+        model.get_output_embeddings().weight.normal_(0.0, std, generator=torch.Generator().manual_seed(0))
+
+
 def _save(model, processor, out: str | Path) -> None:
     out = Path(out)
+    _scale_head(model)
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.generation_config.pad_token_id = model.config.pad_token_id

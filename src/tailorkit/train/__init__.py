@@ -1,1 +1,1 @@
-"""tailorkit.train"""
+"""The trainer, losses, callbacks and the sft/pt recipes."""

@@ -11,12 +11,15 @@ import yaml
 
 from ..config.args import SftConfig
 from ..data.collate import Collator
-from ..data.dataset import EncodeReport, encode_all, load_conversations, load_text_samples
+from ..data.dataset import EncodeReport, StreamingEncoded, encode_all, load_conversations, load_text_samples
+from ..data.validate import preflight_stream
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..tuners.plan import apply_tuner, count_parameters
 from ..tuners.quant import plan_load_kwargs
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
+from .guarded import make_guards, resume_point, train_guarded
+from .summary import RunSummary
 
 CONFIG_FILE = "args.yaml"
 FINAL_DIR = "checkpoint-final"
@@ -33,28 +36,35 @@ class TrainResult:
     total_params: int
     model: torch.nn.Module = field(repr=False)
     bundle: ModelBundle = field(repr=False)
+    summary: RunSummary | None = None
 
 
-def sft(cfg: SftConfig) -> TrainResult:
-    """Supervised fine-tuning on conversations; loss on assistant replies only."""
-    return _run(cfg, text=False)
+def sft(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
+    """Supervised fine-tuning on conversations; loss on assistant replies only.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (Python API only).
+    """
+    return _run(cfg, text=False, callbacks=callbacks)
 
 
-def pt(cfg: SftConfig) -> TrainResult:
+def pt(cfg: SftConfig, callbacks: list | None = None) -> TrainResult:
     """Continued pre-training on {"text": ...} rows; loss on every token."""
-    return _run(cfg, text=True)
+    return _run(cfg, text=True, callbacks=callbacks)
 
 
-def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
+def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     from transformers import set_seed
 
     out = Path(cfg.train.output_dir)
     _check_output_dir(out, cfg)
+    resume = resume_point(cfg, out)
     data_seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
     # Cheap checks on every row before any weights are loaded.
     load = (lambda specs: load_text_samples(specs, seed=data_seed)) if text else (
         lambda specs: load_conversations(specs, system=cfg.data.system, seed=data_seed))
-    train_items = load(cfg.data.dataset)
+    if cfg.data.streaming:  # rows are checked as the stream reaches them; the first ones here, before weights
+        preflight_stream(cfg.data.dataset, system=cfg.data.system, text=text)
+    train_items = [] if cfg.data.streaming else load(cfg.data.dataset)
     val_items = load(cfg.data.val_dataset) if cfg.data.val_dataset else []
     if not val_items and cfg.data.split_dataset_ratio > 0:
         train_items, val_items = _split(train_items, cfg.data.split_dataset_ratio, data_seed)
@@ -68,27 +78,30 @@ def _run(cfg: SftConfig, *, text: bool) -> TrainResult:
 
     enc_kwargs = dict(max_length=cfg.data.max_length, truncation=cfg.data.truncation_strategy, text=text)
     train_set, report = encode_all(train_items, bundle.processor, desc="encoding train", **enc_kwargs)
+    if cfg.data.streaming:
+        train_set = StreamingEncoded(cfg.data.dataset, bundle.processor, system=cfg.data.system, **enc_kwargs)
+        report = train_set.report
     val_set, val_report = encode_all(val_items, bundle.processor, desc="encoding val", **enc_kwargs)
     report.skipped.update({f"{k} (val)": v for k, v in val_report.skipped.items()})
     print(f"[tailorkit] {report.summary()}; {len(val_set)} validation samples")
-    if not train_set:
+    if not cfg.data.streaming and not train_set:
         raise ConfigError("no training sample is left after encoding")
 
     out.mkdir(parents=True, exist_ok=True)
     write_config = _config_writer(cfg)
     write_config(out)
-    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config)
-    trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
-
-    final = out / FINAL_DIR
-    trainer.save_model(str(final))
-    write_config(final)
+    guards = make_guards(cfg, out, resume, train_set, write_config)
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config,
+                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer)
+    final, summary = train_guarded(trainer, guards, skipped=report.skipped,
+                                   save_final=lambda folder: trainer.save_model(str(folder)))
     plot = plot_loss(out)
     print(f"[tailorkit] done: final checkpoint {final}; log {out / 'logging.jsonl'}; plot {plot}")
-    if report.skipped:
-        print(f"[tailorkit] skipped samples: {dict(report.skipped)}")
+    if report.skipped or report.truncated:
+        print(f"[tailorkit] end of preprocessing: {report.summary()}")
     return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
-                       report=report, trainable_params=trainable, total_params=total, model=model, bundle=bundle)
+                       report=report, trainable_params=trainable, total_params=total, model=model, bundle=bundle,
+                       summary=summary)
 
 
 def _check_output_dir(out: Path, cfg: SftConfig) -> None:
@@ -129,16 +142,20 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
-        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=t.seed, report_to=t.report_to,
+        save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
+        seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
         eval_strategy=("steps" if t.save_strategy == "steps" else t.save_strategy) if has_eval else "no",
         eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=_deepspeed_config(t.deepspeed),
         ddp_find_unused_parameters=False, save_only_model=False,
+        # accelerate would otherwise dispatch a streaming dataset's batches by slicing every tensor along dim 0,
+        # which cuts media tensors (pixel_values rows are patches, not samples)
+        accelerator_config={"dispatch_batches": False},
     )
 
 
@@ -157,7 +174,7 @@ def _deepspeed_config(value: str | None):
     return value  # a JSON file path, read by transformers
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, write_config):
+def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks, checkpoints=None):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
@@ -166,7 +183,10 @@ def _make_trainer(cfg, bundle, model, train_set, val_set, write_config):
     trainer = Trainer(model=model, args=training_arguments(cfg, bool(val_set)), train_dataset=train_set,
                       eval_dataset=val_set or None, data_collator=Collator(bundle.tokenizer.pad_token_id),
                       processing_class=bundle.processor,
-                      callbacks=[ProgressCallback(), JsonlLogCallback(), RunFilesCallback(write_config)])
+                      callbacks=[ProgressCallback(), JsonlLogCallback(),
+                                 *([RunFilesCallback(write_config)] if checkpoints is None else []),
+                                 *extra_callbacks],
+                      checkpoints=checkpoints)
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
     return trainer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import transformers
 
 from ..tuners.optim import build_optimizer
@@ -15,8 +17,14 @@ class Trainer(transformers.Trainer):
 
     loss_is_scaled_for_ga = True  # sft_loss divides by the step's token count
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, algorithm=None, checkpoints=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # None: the SFT loss below. Otherwise an object (train/preference.py, train/grpo.py) with
+        # compute_loss(trainer, model, inputs, return_outputs) and pop_metrics(logs).
+        self.algorithm = algorithm
+        self.checkpoints = checkpoints  # train.checkpoint.CheckpointWriter: atomic saves, `last`, rotation
+        self.batch_hooks = []  # hook(inputs, loss) after every micro-batch: alarms and counters
+        self._staging_root = None
         # Make the base class count supervised tokens over the whole accumulation window for us.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
@@ -40,6 +48,8 @@ class Trainer(transformers.Trainer):
             save_plan_extras(self.model, self.tuner_plan, output_dir or self.args.output_dir)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.algorithm is not None:
+            return self.algorithm.compute_loss(self, model, inputs, return_outputs=return_outputs)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs, use_cache=False)
@@ -47,3 +57,39 @@ class Trainer(transformers.Trainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if self.algorithm is not None:
+            logs = {**logs, **self.algorithm.pop_metrics(logs)}
+        super().log(logs, *args, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        for hook in self.batch_hooks:
+            hook(inputs, loss)
+        return loss
+
+    def _get_output_dir(self, trial):
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """The base class's checkpoint (weights, optimizer, scheduler, RNG, scaler, state), published atomically."""
+        if self.checkpoints is None:
+            return super()._save_checkpoint(model, trial)
+        out = self.checkpoints.output_dir
+
+        def write(folder):
+            self._staging_root = str(folder.parent)  # the base class writes <output_dir>/checkpoint-N here
+            try:
+                super(Trainer, self)._save_checkpoint(model, trial)
+            finally:
+                self._staging_root = None
+            if self.state.best_global_step:  # the base class recorded the staging path
+                self.state.best_model_checkpoint = str(out / f"checkpoint-{self.state.best_global_step}")
+                if self.args.should_save:
+                    self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+
+        self.checkpoints.publish(f"checkpoint-{self.state.global_step}", write, is_main=self.args.should_save,
+                                 barrier=self.accelerator.wait_for_everyone)
+        if self.args.should_save:
+            self.checkpoints.rotate(best=self.state.best_model_checkpoint)

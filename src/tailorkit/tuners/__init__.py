@@ -1,1 +1,1 @@
-"""tailorkit.tuners"""
+"""What trains: full fine-tuning or adapters, per component."""

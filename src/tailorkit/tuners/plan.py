@@ -87,9 +87,20 @@ def _component_mode(comp: str, args: TunerArgs, family: Family, trained_as: str,
     if explicit is not None and freeze is not None and (explicit == "frozen") != freeze:
         raise ConfigError(f"--{explicit_name} {explicit} and --{freeze_name} {str(freeze).lower()} contradict each "
                           f"other; the explicit --{explicit_name} wins over --{freeze_name}, so drop --{freeze_name}")
-    if explicit == "frozen" or (explicit is None and (freeze if freeze is not None else _DEFAULT_FROZEN[comp])):
+    if _frozen(comp, args):
         return "frozen"
     return {"full": "full", "lora": kind}.get(explicit, trained_as)
+
+
+def _frozen(comp: str, args: TunerArgs) -> bool:
+    explicit, freeze = (getattr(args, name) for name in _FLAG[comp])
+    return explicit == "frozen" or (explicit is None and (freeze if freeze is not None else _DEFAULT_FROZEN[comp]))
+
+
+def trained_components(args: TunerArgs) -> tuple[str, ...]:
+    """Components the flags leave unfrozen, whatever the family (lm_head and other follow the LLM)."""
+    comps = tuple(c for c in ("vision", "aligner", "llm") if not _frozen(c, args))
+    return comps + (("lm_head", "other") if "llm" in comps else ())
 
 
 def _check_plan(plan: Plan) -> None:

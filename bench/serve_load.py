@@ -1,0 +1,68 @@
+"""Load benchmark of `tailorkit deploy`: concurrent clients against a server on 127.0.0.1.
+
+Prints requests/s and latency percentiles with the batching queue (--max_batch_size N) and, for comparison,
+with one request at a time (batch size 1). Uses a tiny random Qwen2.5-VL unless --model is given.
+
+    python bench/serve_load.py --clients 32 --requests 320 --max_tokens 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from tailorkit.config import build_config
+from tailorkit.config.infer import DeployConfig
+from tailorkit.serve.deploy import build_app, start_background
+from tailorkit.serve.loadgen import run_load
+
+WORDS = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "star"]
+
+
+def bodies(n: int, max_tokens: int, model: str) -> list[dict]:
+    return [{"model": model, "max_tokens": max_tokens, "temperature": 0,
+             "messages": [{"role": "user", "content": f"What colour is the {WORDS[i % len(WORDS)]} shape? {i}"}]}
+            for i in range(n)]
+
+
+def measure(model_dir: str, batch: int, args) -> None:
+    cfg = build_config(DeployConfig, {"model": model_dir, "served_model_name": "bench", "max_batch_size": batch,
+                                      "torch_dtype": args.torch_dtype, "max_new_tokens": args.max_tokens})
+    app, _ = build_app(cfg)
+    with start_background(app) as running:
+        asyncio.run(run_load(running.url, bodies(args.clients, args.max_tokens, "bench"), clients=args.clients))
+        report = asyncio.run(run_load(running.url, bodies(args.requests, args.max_tokens, "bench"),
+                                      clients=args.clients))
+    sizes = app.state.queue.stats.batch_sizes
+    print(f"max_batch_size {batch:>3}: {report.summary()}; mean batch {sum(sizes) / max(len(sizes), 1):.1f}")
+    if report.failures:
+        print("  first failures:", *report.failures[:3], sep="\n    ")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model directory (default: a tiny random Qwen2.5-VL built in a temp dir)")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--requests", type=int, default=320)
+    p.add_argument("--max_tokens", type=int, default=16)
+    p.add_argument("--max_batch_size", type=int, default=32)
+    p.add_argument("--torch_dtype", default="float32")
+    p.add_argument("--skip_unbatched", action="store_true", help="do not run the batch-size-1 comparison")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            from tailorkit.models.tiny import build_qwen2_5_vl
+
+            model = str(Path(tmp) / "tiny-vl")
+            build_qwen2_5_vl(model)
+        print(f"{args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, model {model}")
+        measure(model, args.max_batch_size, args)
+        if not args.skip_unbatched:
+            measure(model, 1, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""OpenAI-compatible serving: the FastAPI app, its guards and media policy, and `tailorkit deploy`."""

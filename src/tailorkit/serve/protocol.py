@@ -1,0 +1,146 @@
+"""OpenAI request bodies (typed, so wrong types are 422) and their translation to engine Requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..data.formats import parse_row
+from ..errors import TailorkitError
+from ..infer.engine import Engine, GenerationSettings, Request
+from .errors import ApiError
+from .media import MediaPolicy, load_request_image
+
+
+class ImageUrl(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageUrl | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+MAX_CHOICES = 64  # completions one request may ask for (prompts x n)
+
+# OpenAI features this server does not implement: asking for them is a 400, not a silently different answer.
+UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "suffix", "logit_bias", "presence_penalty",
+               "frequency_penalty", "tools", "tool_choice", "functions", "function_call", "response_format",
+               "parallel_tool_calls", "audio", "modalities", "prediction")
+
+
+class _Sampling(BaseModel):
+    """Fields shared by chat and text completions; other fields (user, metadata ...) are accepted and unused,
+    except the UNSUPPORTED features, which are refused when set."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0)
+    n: int = Field(1, ge=1, le=16)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+
+@dataclass(frozen=True)
+class Limits:
+    default: GenerationSettings  # the server's --max_new_tokens, --temperature ... as request defaults
+    max_tokens: int  # --max_tokens_limit
+
+
+def refuse_unsupported(req: _Sampling) -> None:
+    for key, value in (req.model_extra or {}).items():
+        if key in UNSUPPORTED and value not in (None, False, 0, [], {}):
+            raise ApiError(400, f"{key} is not supported by this server; leave it out", param=key)
+
+
+def settings_for(req: _Sampling, limits: Limits, max_tokens: int | None) -> GenerationSettings:
+    """Generation settings of a request: its own values, else the server's defaults, within the limits."""
+    refuse_unsupported(req)
+    d = limits.default
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {limits.max_tokens}",
+                       param="max_tokens")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > 4 or any(not s for s in stop):
+        raise ApiError(400, "stop takes at most 4 non-empty strings", param="stop")
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return GenerationSettings(
+        max_new_tokens=pick(max_tokens, min(d.max_new_tokens, limits.max_tokens)),
+        temperature=pick(req.temperature, d.temperature), top_p=pick(req.top_p, d.top_p),
+        top_k=pick(req.top_k, d.top_k), repetition_penalty=pick(req.repetition_penalty, d.repetition_penalty),
+        seed=pick(req.seed, d.seed), stop=tuple(stop) or d.stop)
+
+
+def chat_requests(req: ChatRequest, adapters: tuple[str, ...], limits: Limits, policy: MediaPolicy) -> list[Request]:
+    """``n`` engine requests for a chat request; images are checked against the policy, then loaded."""
+    settings = settings_for(req, limits, req.max_completion_tokens or req.max_tokens)  # cheap checks first
+    rows = [m.model_dump(exclude_none=True) for m in req.messages]
+    try:
+        conv = parse_row({"messages": rows}, source="request", need_reply=False)
+    except TailorkitError as e:
+        raise ApiError(400, str(e), param="messages") from None
+    if conv.messages[-1]["role"] != "user":
+        raise ApiError(400, "the last message must be the user's", param="messages")
+    conv.images = [load_request_image(url, policy, param="messages.content.image_url")
+                   for url in conv.images]
+    return [Request(conversation=conv, settings=settings, adapters=adapters) for _ in range(req.n)]
+
+
+def completion_requests(req: CompletionRequest, adapters: tuple[str, ...], limits: Limits) -> list[Request]:
+    """``n`` engine requests per prompt, prompts in order."""
+    settings = settings_for(req, limits, req.max_tokens)
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    if not prompts or any(not p for p in prompts):
+        raise ApiError(400, "prompt must be a non-empty string or list of them", param="prompt")
+    if len(prompts) * req.n > MAX_CHOICES:
+        raise ApiError(400, f"at most {MAX_CHOICES} completions per request (prompts x n)", param="prompt")
+    return [Request(prompt=p, settings=settings, adapters=adapters) for p in prompts for _ in range(req.n)]
+
+
+def encode_checked(engine: Engine, requests: list[Request], param: str) -> None:
+    """Encode each distinct prompt once (stored on the requests) and refuse prompts the model cannot fit."""
+    done: dict[int | str, object] = {}
+    for r in requests:
+        key = id(r.conversation) if r.conversation is not None else r.prompt
+        if key not in done:
+            try:
+                done[key] = engine.encode(r)
+            except TailorkitError as e:
+                raise ApiError(400, str(e), param=param) from None
+        r.encoded = done[key]
+        limit = engine.max_context
+        if limit and len(r.encoded) + r.settings.max_new_tokens > limit:
+            raise ApiError(400, f"the prompt has {len(r.encoded)} tokens; with max_tokens "
+                                f"{r.settings.max_new_tokens} it exceeds the model's context of {limit} tokens",
+                           param=param)

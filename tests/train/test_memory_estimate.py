@@ -1,0 +1,43 @@
+"""The doctor's memory estimate: exact parameter counts from a meta-device build, sane activation scaling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from tailorkit.config.args import ModelArgs, TrainArgs, TunerArgs
+from tailorkit.models.load import load_bundle
+from tailorkit.models.registry import family_for_config
+from tailorkit.train.memory import estimate_memory
+from tailorkit.tuners.plan import apply_tuner, count_parameters
+
+
+@pytest.mark.parametrize("tuner", [TunerArgs(train_type="lora"), TunerArgs(train_type="full"),
+                                   TunerArgs(train_type="lora", freeze_vit=False, freeze_aligner=False),
+                                   TunerArgs(train_type="full", freeze_llm=True, freeze_aligner=False)],
+                         ids=["lora", "full", "lora-vit", "full-aligner"])
+def test_parameter_counts_match_the_loaded_model(tuner, tiny_vl_dir):
+    config = AutoConfig.from_pretrained(tiny_vl_dir)
+    est = estimate_memory(config, family_for_config(config), tuner, TrainArgs(), dtype=torch.float32, seq_len=64)
+    bundle = load_bundle(ModelArgs(model=str(tiny_vl_dir), torch_dtype="float32"))
+    base_bytes = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
+    trainable, _ = count_parameters(apply_tuner(bundle, tuner))
+    assert est.trainable_params == trainable
+    assert est.weights == base_bytes + (4 * trainable if tuner.train_type == "lora" else 0)
+    assert est.gradients == 4 * trainable and est.optimizer == 8 * trainable
+
+
+def test_activations_scale_with_batch_and_shrink_with_checkpointing(tiny_text_dir):
+    config = AutoConfig.from_pretrained(tiny_text_dir)
+    fam, tuner = family_for_config(config), TunerArgs()
+
+    def acts(**train):
+        return estimate_memory(config, fam, tuner, TrainArgs(**train), dtype=torch.bfloat16, seq_len=512).activations
+
+    one, two = acts(), acts(per_device_train_batch_size=2)
+    assert two == 2 * one
+    assert acts(gradient_checkpointing=True) < one
+    est = estimate_memory(config, fam, tuner, TrainArgs(), dtype=torch.bfloat16, seq_len=512)
+    est.available = est.total // 2
+    assert est.fits is False and "does NOT fit" in est.table()
