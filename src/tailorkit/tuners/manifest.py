@@ -93,8 +93,9 @@ def fingerprint(t: torch.Tensor) -> torch.Tensor:
 class TrainabilityCallback(TrainerCallback):
     """Prints/saves the manifest before step 1; after the first optimizer step checks what changed.
 
-    A trainable parameter whose first step could not move it (all-zero gradient, as LoRA's A matrices
-    have while B is zero, or a zero warm-up learning rate) is re-checked at the following steps.
+    A trainable parameter whose first step could not move it (no gradient because the batch did not reach
+    it, an all-zero gradient as LoRA's A matrices have while B is zero, or a zero warm-up learning rate) is
+    re-checked at the following steps and reported at the end if it never changed.
     """
 
     def __init__(self, plan: Plan):
@@ -137,7 +138,8 @@ class TrainabilityCallback(TrainerCallback):
                 if id(p) not in lr_of:
                     stuck.append(f"{name} (not in any optimizer group)")
                 elif p.grad is None:
-                    stuck.append(f"{name} (no gradient: not connected to the loss)")
+                    # A batch may not reach it (text-only rows and a trained vision tower): wait for one that does.
+                    self.pending[name] = "no gradient yet"
                 elif lr_of[id(p)] == 0 or not p.grad.any():
                     self.pending[name] = "zero learning rate" if lr_of[id(p)] == 0 else "all-zero gradient"
                 else:

@@ -54,14 +54,16 @@ def param_groups(model: torch.nn.Module, plan: Plan, base_lr: float, weight_deca
 
 
 def build_optimizer(model: torch.nn.Module, plan: Plan, training_args, decay_names: set[str]):
-    """AdamW (GaLoreAdamW with --use_galore) over the plan's parameter groups."""
+    """The optimizer TrainingArguments chooses (``optim``) over the plan's groups; GaLoreAdamW with --use_galore."""
     groups = param_groups(model, plan, training_args.learning_rate, training_args.weight_decay, decay_names)
-    kwargs = dict(lr=training_args.learning_rate, betas=(training_args.adam_beta1, training_args.adam_beta2),
-                  eps=training_args.adam_epsilon)
     if plan.args.use_galore:
         try:
             from galore_torch import GaLoreAdamW
         except ImportError:
             raise ConfigError("--use_galore needs the galore-torch package (pip install galore-torch==1.0)") from None
-        return GaLoreAdamW(groups, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+        return GaLoreAdamW(groups, lr=training_args.learning_rate,
+                           betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon)
+    from transformers import Trainer
+
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    return cls(groups, **kwargs)
