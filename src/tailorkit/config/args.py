@@ -76,24 +76,60 @@ class DataArgs:
                               "--truncation_strategy)")
 
 
+TRAIN_TYPES = ("full", "lora", "dora", "qlora", "adalora", "vera", "boft", "loha", "lokr", "ia3", "lisa", "dummy")
+COMPONENT_MODES = (None, "full", "lora", "frozen")
+
+
 @dataclass
 class TunerArgs:
-    train_type: str = _f("lora", "full or lora", choices=("full", "lora"), aliases=("tuner_type",))
+    train_type: str = _f("lora", "full, lora (dora, qlora), adalora, vera, boft, loha, lokr, ia3 (peft), lisa, or "
+                         "dummy (train the adapters the model already has)", choices=TRAIN_TYPES,
+                         aliases=("tuner_type",))
     lora_rank: int = _f(8, "LoRA rank r")
     lora_alpha: int = _f(32, "LoRA scaling alpha")
     lora_dropout: float = _f(0.05, "dropout on the LoRA path")
     target_modules: list[str] = _f(["all-linear"], "modules that get LoRA: 'all-linear' (every linear layer of "
                                    "the trained components) or module names")
     modules_to_save: list[str] = _f([], "modules trained fully and saved next to the adapter")
-    freeze_vit: bool = _f(True, "keep the vision tower frozen")
-    freeze_aligner: bool = _f(True, "keep the vision-to-language aligner (projector) frozen")
-    freeze_llm: bool = _f(False, "keep the language model frozen")
+    freeze_vit: bool | None = _f(None, "keep the vision tower frozen (true when neither this nor --vit is given)")
+    freeze_aligner: bool | None = _f(None, "keep the vision-to-language aligner (projector) frozen (true when "
+                                     "neither this nor --aligner is given)")
+    freeze_llm: bool | None = _f(None, "keep the language model frozen (false when neither this nor --llm is given)")
+    # Explicit per-component plan; each one wins over the matching freeze_* flag, which must then be left unset.
+    vit: str | None = _f(None, "vision tower: full, lora or frozen (overrides --freeze_vit)", choices=COMPONENT_MODES)
+    aligner: str | None = _f(None, "aligner: full, lora or frozen (overrides --freeze_aligner)",
+                             choices=COMPONENT_MODES)
+    llm: str | None = _f(None, "language model (with lm_head): full, lora or frozen (overrides --freeze_llm)",
+                         choices=COMPONENT_MODES)
+    vit_lr: float | None = _f(None, "learning rate of the vision tower's parameter group (default --learning_rate)")
+    aligner_lr: float | None = _f(None, "learning rate of the aligner's parameter group (default --learning_rate)")
+    target_regex: str | None = _f(None, "regular expression of full module names that get the adapter "
+                                  "(replaces --target_modules)")
+    freeze_parameters: list[str] = _f([], "parameter-name prefixes to freeze after the plan is applied")
+    trainable_parameters: list[str] = _f([], "parameter-name prefixes to train fully after the plan is applied")
+    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA")
+    use_rslora: bool = _f(False, "rank-stabilised LoRA scaling (alpha / sqrt(r))")
+    lorap_lr_ratio: float | None = _f(None, "LoRA+: learning rate of lora_B = learning rate x this ratio (e.g. 16)")
+    init_weights: str = _f("true", "adapter initialisation: true, false, gaussian, pissa, pissa_niter_N, olora, "
+                           "orthogonal (peft's init_lora_weights)")
+    quant_bits: int | None = _f(None, "load the frozen base weights in 4-bit NF4 or 8-bit (bitsandbytes) and train "
+                                "an adapter on top (QLoRA)", choices=(None, 4, 8))
+    lisa_activated_layers: int = _f(2, "lisa: number of LLM layers trained at a time")
+    lisa_step_interval: int = _f(20, "lisa: optimizer steps between re-drawing the trained layers")
+    use_galore: bool = _f(False, "GaLore: low-rank projected Adam on the fully trained matrices (galore-torch)")
+    galore_rank: int = _f(128, "GaLore projection rank")
+    galore_update_proj_gap: int = _f(50, "GaLore: optimizer steps between projection updates")
+    galore_scale: float = _f(1.0, "GaLore: scale of the projected update")
+    adapters: list[str] = _f([], "peft adapter folders the model ships (e.g. Phi-4-multimodal's vision-lora), "
+                             "loaded before the plan; train them with --train_type dummy")
 
     def __post_init__(self):
-        if self.train_type not in ("full", "lora"):
-            raise ConfigError(f"train_type {self.train_type!r} is not one of full, lora")
+        if self.train_type not in TRAIN_TYPES:
+            raise ConfigError(f"train_type {self.train_type!r} is not one of {', '.join(TRAIN_TYPES)}")
         if self.lora_rank <= 0:
             raise ConfigError(f"lora_rank must be positive, got {self.lora_rank}")
+        if self.quant_bits not in (None, 4, 8):
+            raise ConfigError(f"quant_bits must be 4 or 8, got {self.quant_bits}")
 
 
 @dataclass
@@ -167,7 +203,7 @@ class SftConfig:
         if not self.data.dataset:
             raise ConfigError("--dataset is required: one or more data files")
         if self.train.learning_rate is None:
-            self.train.learning_rate = 1e-4 if self.tuner.train_type == "lora" else 1e-5
+            self.train.learning_rate = 1e-5 if self.tuner.train_type in ("full", "lisa") else 1e-4
         if self.data.streaming and self.train.max_steps <= 0:
             raise ConfigError("--streaming true needs --max_steps: a stream has no known length to count epochs in")
         if self.data.streaming and self.data.split_dataset_ratio > 0:

@@ -146,8 +146,11 @@ def _shallowest(names: list[str], wanted: tuple[str, ...], exclude: tuple[str, .
     return ()
 
 
-def load_bundle(args: ModelArgs) -> ModelBundle:
-    """Load model, processor and family for ``args.model`` (a hub id or a local directory)."""
+def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
+    """Load model, processor and family for ``args.model`` (a hub id or a local directory).
+
+    ``load_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config``).
+    """
     import transformers
     from transformers import AutoConfig
 
@@ -171,6 +174,7 @@ def load_bundle(args: ModelArgs) -> ModelBundle:
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code)
     if args.attn_impl:
         kwargs["attn_implementation"] = args.attn_impl
+    kwargs.update(load_kwargs)
     model = auto.from_pretrained(path, **kwargs)
     if family is None:
         family = infer_family(model, config, auto_name)

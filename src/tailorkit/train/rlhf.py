@@ -14,6 +14,7 @@ from ..config.args import ModelArgs, RlhfConfig
 from ..errors import ConfigError, ModelError
 from ..models.load import ModelBundle, check_module_map, load_bundle, load_processor, resolve_dtype, resolve_family
 from ..tuners.plan import apply_tuner, count_parameters
+from ..tuners.quant import plan_load_kwargs
 from .callbacks import JsonlLogCallback, ProgressCallback, plot_loss
 from .guarded import make_guards, resume_point, train_guarded
 from .grpo import GrpoAlgorithm, RolloutAlarms
@@ -77,7 +78,8 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
         print("[tailorkit] warning: every KTO sample has the same label; KTO learns from both kinds")
 
     set_seed(cfg.train.seed)
-    bundle = load_reward_bundle(cfg.model) if r.rlhf_type == "rm" else load_bundle(cfg.model)
+    bundle = load_reward_bundle(cfg.model) if r.rlhf_type == "rm" else load_bundle(
+        cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
     frozen_copy = _reference_copy(cfg, bundle)
     tuner = dataclasses.replace(cfg.tuner, modules_to_save=[*cfg.tuner.modules_to_save, "score"]) \
         if r.rlhf_type == "rm" and cfg.tuner.train_type == "lora" else cfg.tuner

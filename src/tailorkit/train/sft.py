@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..tuners.plan import apply_tuner, count_parameters
 from .batching import check_batching, train_batches
+from ..tuners.quant import plan_load_kwargs
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
 from .guarded import make_guards, resume_point, train_guarded
 from .summary import RunSummary
@@ -74,7 +75,7 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
         train_items, val_items = _split(train_items, cfg.data.split_dataset_ratio, data_seed)
 
     set_seed(cfg.train.seed)
-    bundle = load_bundle(cfg.model)
+    bundle = load_bundle(cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
     model = apply_tuner(bundle, cfg.tuner)
     trainable, total = count_parameters(model)
     print(f"[tailorkit] {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "

@@ -6,6 +6,9 @@ import os
 
 import transformers
 
+from ..tuners.optim import build_optimizer
+from ..tuners.plan import plan_of
+from ..tuners.runtime import plan_callbacks, save_plan_extras
 from .losses import sft_loss
 
 
@@ -25,6 +28,24 @@ class Trainer(transformers.Trainer):
         # Make the base class count supervised tokens over the whole accumulation window for us.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
+        # A model prepared by tuners.plan.apply_tuner carries its declared plan: install its callbacks.
+        self.tuner_plan = plan_of(self.model)
+        if self.tuner_plan is not None:
+            for callback in plan_callbacks(self.model, self.tuner_plan, self.args.seed):
+                self.add_callback(callback)
+
+    def create_optimizer(self, model=None):
+        """The plan's parameter groups (per-component lr, LoRA+, GaLore) when there is a plan."""
+        if self.tuner_plan is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        decay = set(self.get_decay_parameter_names(self.model))
+        self.optimizer = build_optimizer(self.model, self.tuner_plan, self.args, decay)
+        return self.optimizer
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.tuner_plan is not None and self.args.should_save:
+            save_plan_extras(self.model, self.tuner_plan, output_dir or self.args.output_dir)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

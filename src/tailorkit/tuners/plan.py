@@ -1,63 +1,189 @@
-"""Decide and apply what trains: full fine-tuning or LoRA, per component (vision / aligner / llm)."""
+"""The declared training plan: component -> frozen / full / adapter, learning rate; resolved, applied, attached.
+
+``resolve_plan`` turns the ms-swift flags (``--freeze_vit`` ...) and the explicit form (``--vit full``) into
+one ``Plan`` and rejects contradictions; ``apply_tuner`` applies it to a loaded model and attaches it to the
+returned model (``PLAN_ATTR``), so that our Trainer builds the per-group optimizer, prints and saves the
+trainability manifest and checks it after the first optimizer step (see ``tuners/runtime.py``).
+"""
 
 from __future__ import annotations
 
 import re
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 
 from ..config.args import TunerArgs
 from ..errors import ConfigError
+from ..models.family import COMPONENTS, Family
 from ..models.load import ModelBundle
+
+PLAN_ATTR = "tailorkit_plan"
+_FLAG = {"vision": ("vit", "freeze_vit"), "aligner": ("aligner", "freeze_aligner"), "llm": ("llm", "freeze_llm")}
+_DEFAULT_FROZEN = {"vision": True, "aligner": True, "llm": False}
+ADAPTER_ARGS = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules", "target_regex", "use_dora",
+                "use_rslora", "lorap_lr_ratio", "init_weights", "modules_to_save")
+
+
+@dataclass
+class Plan:
+    """What trains and how. ``modes`` maps every component to frozen / full / lisa / the adapter kind."""
+
+    train_type: str
+    adapter: str | None  # the peft kind used for components in adapter mode ("existing" for dummy)
+    modes: dict[str, str]
+    lrs: dict[str, float | None]
+    family: Family
+    args: TunerArgs = field(repr=False)
+    unused: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    full_modules: list[str] = field(default_factory=list)  # set by apply: fully trained modules next to an adapter
+
+    def components(self, *modes: str) -> tuple[str, ...]:
+        return tuple(c for c, m in self.modes.items() if m in modes)
+
+    @property
+    def adapter_components(self) -> tuple[str, ...]:
+        return self.components(self.adapter) if self.adapter else ()
+
+
+def adapter_kind(args: TunerArgs) -> str:
+    """The adapter a component in adapter mode gets: a peft kind, or 'existing' for dummy."""
+    if args.train_type == "dummy":
+        return "existing"
+    if args.train_type in ("full", "lisa", "lora", "qlora"):
+        return "dora" if args.use_dora else "lora"
+    return args.train_type
+
+
+def resolve_plan(args: TunerArgs, family: Family) -> Plan:
+    """Resolve flags into a Plan; contradictions raise ConfigError naming the winning flag."""
+    kind = adapter_kind(args)
+    trained_as = "full" if args.train_type in ("full", "lisa") else kind
+    modes = {c: _component_mode(c, args, family, trained_as, kind) for c in ("vision", "aligner", "llm")}
+    if args.train_type == "lisa" and modes["llm"] == "full":
+        modes["llm"] = "lisa"
+    modes["lm_head"] = modes["other"] = "full" if modes["llm"] in ("full", "lisa") else "frozen"
+    if all(m == "frozen" for m in modes.values()) and not args.trainable_parameters:
+        raise ConfigError("every component is frozen (vision, aligner and llm); nothing would train. Unfreeze one "
+                          "with --freeze_llm false, --llm lora|full or --trainable_parameters")
+    lrs = {c: None for c in COMPONENTS}
+    lrs["vision"], lrs["aligner"] = args.vit_lr, args.aligner_lr
+    plan = Plan(train_type=args.train_type, adapter=kind if kind in modes.values() else None, modes=modes,
+                lrs=lrs, family=family, args=args)
+    _check_plan(plan)
+    return plan
+
+
+def _component_mode(comp: str, args: TunerArgs, family: Family, trained_as: str, kind: str) -> str:
+    explicit_name, freeze_name = _FLAG[comp]
+    explicit, freeze = getattr(args, explicit_name), getattr(args, freeze_name)
+    if not getattr(family, comp):
+        if explicit not in (None, "frozen") or freeze is False:
+            given = f"--{explicit_name} {explicit}" if explicit else f"--{freeze_name} false"
+            raise ConfigError(f"{given}: {family.name} has no {comp} component; remove the setting")
+        return "frozen"
+    if explicit is not None and freeze is not None and (explicit == "frozen") != freeze:
+        raise ConfigError(f"--{explicit_name} {explicit} and --{freeze_name} {str(freeze).lower()} contradict each "
+                          f"other; the explicit --{explicit_name} wins over --{freeze_name}, so drop --{freeze_name}")
+    if _frozen(comp, args):
+        return "frozen"
+    return {"full": "full", "lora": kind}.get(explicit, trained_as)
+
+
+def _frozen(comp: str, args: TunerArgs) -> bool:
+    explicit, freeze = (getattr(args, name) for name in _FLAG[comp])
+    return explicit == "frozen" or (explicit is None and (freeze if freeze is not None else _DEFAULT_FROZEN[comp]))
 
 
 def trained_components(args: TunerArgs) -> tuple[str, ...]:
-    """Components that are not frozen; lm_head follows the LLM."""
-    comps = []
-    if not args.freeze_vit:
-        comps.append("vision")
-    if not args.freeze_aligner:
-        comps.append("aligner")
-    if not args.freeze_llm:
-        comps += ["llm", "lm_head", "other"]
-    return tuple(comps)
+    """Components the flags leave unfrozen, whatever the family (lm_head and other follow the LLM)."""
+    comps = tuple(c for c in ("vision", "aligner", "llm") if not _frozen(c, args))
+    return comps + (("lm_head", "other") if "llm" in comps else ())
+
+
+def _check_plan(plan: Plan) -> None:
+    args, modes = plan.args, plan.modes
+    if plan.train_type == "lisa" and modes["llm"] != "lisa":
+        raise ConfigError("train_type lisa switches LLM layers on and off; it needs the LLM trained fully "
+                          f"(--llm {args.llm} / --freeze_llm true contradicts it)")
+    if plan.train_type == "dummy" and "full" in modes.values():
+        raise ConfigError("train_type dummy trains the adapters the model already has; a fully trained component "
+                          "next to them is not supported: use --vit/--aligner/--llm lora|frozen")
+    if (args.quant_bits or plan.train_type == "qlora") and plan.adapter in (None, "existing"):
+        raise ConfigError(f"quantized loading (--quant_bits / qlora) freezes the base weights; it needs a new "
+                          f"adapter (qlora, lora, dora ...), not train_type {plan.train_type}")
+    if plan.train_type == "qlora" and not args.quant_bits:
+        args.quant_bits = 4
+    for comp, lr_flag in (("vision", "vit_lr"), ("aligner", "aligner_lr")):
+        if getattr(args, lr_flag) is not None and modes[comp] == "frozen":
+            raise ConfigError(f"--{lr_flag} is set but the {comp} component is frozen; unfreeze it "
+                              f"(--{_FLAG[comp][0]} full|lora) or drop --{lr_flag}")
+    if args.lorap_lr_ratio is not None and plan.adapter not in ("lora", "dora"):
+        raise ConfigError("--lorap_lr_ratio (LoRA+) scales the learning rate of lora_B; no component gets a new "
+                          "LoRA adapter in this plan")
+    if args.use_galore and not plan.components("full", "lisa"):
+        raise ConfigError("--use_galore projects the gradients of fully trained matrices; no component is trained "
+                          "fully (use --train_type full or --vit/--aligner/--llm full)")
+    if args.target_regex and args.target_modules != ["all-linear"]:
+        raise ConfigError("--target_regex and --target_modules both choose adapter targets; --target_regex wins, "
+                          "so drop --target_modules")
+    overlap = [p for p in args.freeze_parameters if p in args.trainable_parameters]
+    if overlap:
+        raise ConfigError(f"{overlap} is in both --freeze_parameters and --trainable_parameters; "
+                          "--trainable_parameters is applied last and would win: keep it in one list")
+    plan.unused.update(_unused_arguments(plan))
+
+
+def _unused_arguments(plan: Plan) -> dict[str, object]:
+    """Arguments this plan cannot apply that were changed from their defaults (all adapter ones for dummy)."""
+    args, out = plan.args, {}
+    defaults = TunerArgs.__dataclass_fields__
+    unused = list(ADAPTER_ARGS) if plan.adapter in (None, "existing") else []
+    if plan.train_type != "lisa":
+        unused += ["lisa_activated_layers", "lisa_step_interval"]
+    if not args.use_galore:
+        unused += ["galore_rank", "galore_update_proj_gap", "galore_scale"]
+    for key in unused:
+        value, f = getattr(args, key), defaults[key]
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        # dummy reports every adapter argument: it creates no adapter, so none of them can apply.
+        if value != default or (plan.train_type == "dummy" and key in ADAPTER_ARGS):
+            out[key] = value
+    return out
 
 
 def apply_tuner(bundle: ModelBundle, args: TunerArgs) -> torch.nn.Module:
-    """Freeze/unfreeze (full) or wrap with a peft LoRA adapter (lora); returns the model to train."""
-    model, family = bundle.model, bundle.family
-    comps = trained_components(args)
-    if not family.is_multimodal:
-        comps = tuple(c for c in comps if c not in ("vision", "aligner"))
-    if not comps:
-        raise ConfigError("every component is frozen (freeze_vit, freeze_aligner and freeze_llm are all true); "
-                          "nothing would train")
-    if args.train_type == "full":
-        for name, p in model.named_parameters():
-            p.requires_grad_(family.component_of(name) in comps)
-        return model
-    return _apply_lora(bundle, args, comps)
+    """Apply the resolved plan to ``bundle.model``; returns the model to train with the plan attached."""
+    from .adapters import apply_plan
+
+    plan = resolve_plan(args, bundle.family)
+    model = apply_plan(bundle, plan)
+    setattr(model, PLAN_ATTR, plan)
+    return model
 
 
-def lora_targets(bundle: ModelBundle, args: TunerArgs, comps: tuple[str, ...]) -> list[str] | str:
-    """Full module names for 'all-linear' within the trained components, else the user's names."""
+def plan_of(model) -> Plan | None:
+    """The Plan attached by ``apply_tuner``, if any."""
+    return getattr(model, PLAN_ATTR, None)
+
+
+def component_targets(model: torch.nn.Module, plan: Plan) -> str:
+    """Regex of the full module names that get the new adapter, restricted to adapter-mode components."""
+    args, family = plan.args, plan.family
+    comps = plan.adapter_components
+    if args.target_regex:
+        return args.target_regex
+    names = family.linear_leaf_names(model, comps)
     if args.target_modules != ["all-linear"]:
-        return args.target_modules
-    names = bundle.family.linear_leaf_names(bundle.model, tuple(c for c in comps if c not in ("lm_head", "other")))
+        wanted = args.target_modules
+        names = [n for n, _ in model.named_modules() if family.component_of(n) in comps
+                 and any(n == w or n.endswith("." + w) for w in wanted)]
     if not names:
-        raise ConfigError(f"no linear layer found in the components {comps} to put LoRA on")
+        raise ConfigError(f"no module for the adapter in the components {comps} "
+                          f"(target_modules={args.target_modules})")
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
-
-
-def _apply_lora(bundle: ModelBundle, args: TunerArgs, comps: tuple[str, ...]) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    for p in bundle.model.parameters():
-        p.requires_grad_(False)
-    config = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=lora_targets(bundle, args, comps),
-                        modules_to_save=args.modules_to_save or None)
-    return get_peft_model(bundle.model, config)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -67,3 +193,9 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return trainable, total
+
+
+def warn(message: str) -> None:
+    """A printed warning that also reaches ``warnings`` (tests can catch it)."""
+    print(f"[tailorkit] warning: {message}")
+    warnings.warn(message, UserWarning, stacklevel=2)
