@@ -147,7 +147,8 @@ def test_one_sft_step_with_image(name, family_dirs, image_path, tmp_path):
     cfg = SftConfig(model=ModelArgs(model=str(family_dirs(name)), torch_dtype="float32",
                                     trust_remote_code=fam.trust_remote_code),
                     data=DataArgs(dataset=[str(data)]),
-                    tuner=TunerArgs(train_type="full", freeze_vit=False, freeze_aligner=False),
+                    tuner=TunerArgs(train_type="full", **({"freeze_vit": False, "freeze_aligner": False}
+                                                          if fam.is_multimodal else {})),
                     train=TrainArgs(output_dir=str(tmp_path / "out"), max_steps=1, learning_rate=1e-3,
                                     save_strategy="no", logging_steps=1, weight_decay=0.0))
     before = _bundle(name, family_dirs).model

@@ -17,13 +17,13 @@ def plan_load_kwargs(model_args: ModelArgs, tuner: TunerArgs) -> dict:
     """
     from transformers import AutoConfig
 
-    from ..models.load import detect_family
+    from ..models.load import resolve_family
 
     try:
         config = AutoConfig.from_pretrained(model_args.model, trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError, TypeError):
         return {}  # load_bundle reports an unloadable model with its own message
-    plan = resolve_plan(tuner, detect_family(config, model_args.model_type))
+    plan = resolve_plan(tuner, resolve_family(config, model_args.model_type, model_args.trust_remote_code))
     if not plan.args.quant_bits:
         return {}
     return quantization_kwargs(plan, model_args)
