@@ -231,6 +231,10 @@ def concern_fields(cls) -> dict[str, tuple[str, object, object]]:
 
 
 RLHF_TYPES = ("dpo", "orpo", "simpo", "cpo", "kto", "rm", "grpo")
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "cpo": 0.1, "kto": 0.1, "rm": 0.0, "grpo": 0.04}
+DEFAULT_LOSS = {"dpo": "sigmoid", "simpo": "simpo", "cpo": "sigmoid", "grpo": "grpo"}
+LOSS_CHOICES = {"dpo": ("sigmoid", "ipo", "hinge", "robust"), "cpo": ("sigmoid", "hinge", "ipo", "simpo"),
+                "simpo": ("simpo",), "grpo": ("grpo", "bnpo", "dr_grpo", "dapo")}
 
 
 @dataclass
@@ -286,21 +290,39 @@ class RlhfArgs:
                               "reward_funcs; give one weight per function")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        self._resolve_algorithm_defaults()
+
+    def _resolve_algorithm_defaults(self) -> None:
+        """Per-algorithm defaults (beta, loss_type, cpo_alpha) and the checks that depend on the algorithm."""
+        kind = self.rlhf_type
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[kind]
+        if self.loss_type is None:
+            self.loss_type = DEFAULT_LOSS.get(kind)
+        if kind in LOSS_CHOICES and self.loss_type not in LOSS_CHOICES[kind]:
+            raise ConfigError(f"loss_type {self.loss_type!r} does not apply to rlhf_type {kind}; choose one of "
+                              f"{', '.join(LOSS_CHOICES[kind])}")
+        if kind not in LOSS_CHOICES and self.loss_type is not None:
+            raise ConfigError(f"rlhf_type {kind} has no loss_type variants; remove --loss_type")
+        if self.cpo_alpha is None:
+            self.cpo_alpha = 0.0 if kind == "simpo" else 1.0
+        if self.precompute_ref_log_probs and kind not in ("dpo", "kto"):
+            raise ConfigError("precompute_ref_log_probs applies to dpo and kto only")
+        if self.precompute_ref_log_probs and self.ref_model:
+            raise ConfigError("give either --ref_model or --precompute_ref_log_probs: precomputed log-probs come "
+                              "from the model being trained, before its first step")
+        if kind in ("dpo", "kto", "grpo") and self.beta < 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
 
 
 @dataclass
-class RlhfConfig:
+class RlhfConfig(SftConfig):
     """Everything `tailorkit rlhf` needs: the sft concerns plus the algorithm's settings."""
 
-    model: ModelArgs = field(default_factory=ModelArgs)
-    data: DataArgs = field(default_factory=DataArgs)
-    tuner: TunerArgs = field(default_factory=TunerArgs)
-    train: TrainArgs = field(default_factory=TrainArgs)
     rlhf: RlhfArgs = field(default_factory=RlhfArgs)
 
     def __post_init__(self):
-        SftConfig.__post_init__(self)
-        from ..train.rlhf import resolve_defaults
-        resolve_defaults(self)
-
-    flat = SftConfig.flat
+        super().__post_init__()
+        if self.rlhf.rlhf_type == "grpo" and (self.data.val_dataset or self.data.split_dataset_ratio > 0):
+            raise ConfigError("grpo has no validation loop in this version; remove --val_dataset / "
+                              "--split_dataset_ratio")

@@ -25,37 +25,6 @@ from .preference_data import (KtoCollator, PairCollator, encode_items, load_rows
 from .rewards import build_rewards
 from .sft import TrainResult, _check_output_dir, _config_writer, _split, training_arguments
 
-DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "cpo": 0.1, "kto": 0.1, "rm": 0.0, "grpo": 0.04}
-DEFAULT_LOSS = {"dpo": "sigmoid", "simpo": "simpo", "cpo": "sigmoid", "grpo": "grpo"}
-LOSS_CHOICES = {"dpo": ("sigmoid", "ipo", "hinge", "robust"), "cpo": ("sigmoid", "hinge", "ipo", "simpo"),
-                "simpo": ("simpo",), "grpo": ("grpo", "bnpo", "dr_grpo", "dapo")}
-
-
-def resolve_defaults(cfg: RlhfConfig) -> None:
-    """Per-algorithm defaults (beta, loss_type, cpo_alpha) and checks that need several concerns."""
-    r = cfg.rlhf
-    if r.beta is None:
-        r.beta = DEFAULT_BETA[r.rlhf_type]
-    if r.loss_type is None:
-        r.loss_type = DEFAULT_LOSS.get(r.rlhf_type)
-    if r.rlhf_type in LOSS_CHOICES and r.loss_type not in LOSS_CHOICES[r.rlhf_type]:
-        raise ConfigError(f"loss_type {r.loss_type!r} does not apply to rlhf_type {r.rlhf_type}; choose one of "
-                          f"{', '.join(LOSS_CHOICES[r.rlhf_type])}")
-    if r.rlhf_type not in LOSS_CHOICES and r.loss_type is not None:
-        raise ConfigError(f"rlhf_type {r.rlhf_type} has no loss_type variants; remove --loss_type")
-    if r.cpo_alpha is None:
-        r.cpo_alpha = 0.0 if r.rlhf_type == "simpo" else 1.0
-    if r.precompute_ref_log_probs and r.rlhf_type not in ("dpo", "kto"):
-        raise ConfigError("precompute_ref_log_probs applies to dpo and kto only")
-    if r.precompute_ref_log_probs and r.ref_model:
-        raise ConfigError("give either --ref_model or --precompute_ref_log_probs: precomputed log-probs come from "
-                          "the model being trained, before its first step")
-    if r.rlhf_type in ("dpo", "kto", "grpo") and r.beta < 0:
-        raise ConfigError(f"beta must be >= 0, got {r.beta}")
-    if r.rlhf_type == "grpo" and (cfg.data.val_dataset or cfg.data.split_dataset_ratio > 0):
-        raise ConfigError("grpo has no validation loop in this version; remove --val_dataset / --split_dataset_ratio")
-
-
 def rlhf(cfg: RlhfConfig) -> TrainResult:
     """Preference or reinforcement training as chosen by ``cfg.rlhf.rlhf_type``."""
     from transformers import set_seed
