@@ -8,7 +8,7 @@ import transformers
 
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import plan_of
-from ..tuners.runtime import plan_callbacks, save_plan_extras
+from ..tuners.runtime import adapter_penalty, plan_callbacks, save_plan_extras
 from .losses import sft_loss
 
 
@@ -67,6 +67,9 @@ class Trainer(transformers.Trainer):
         loss = sft_loss(outputs.logits, labels, num_items_in_batch)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
+        penalty = adapter_penalty(self.model, self.tuner_plan)
+        if penalty is not None and model.training:  # once per optimizer step, whatever the accumulation
+            loss = loss + penalty / self.args.gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):

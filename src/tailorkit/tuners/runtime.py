@@ -28,6 +28,27 @@ def plan_callbacks(model: torch.nn.Module, plan: Plan, seed: int) -> list[Traine
     return out
 
 
+def adapter_penalty(model: torch.nn.Module, plan: Plan | None) -> torch.Tensor | None:
+    """AdaLoRA's orthogonality regulariser, weighted by its ``orth_reg_weight``; None for other plans.
+
+    peft adds it inside ``AdaLoraModel.forward`` only to a loss the model computes itself from ``labels``;
+    our loss is computed outside the model, so the trainer adds this term (peft's formula: the mean over
+    lora_A / lora_B matrices of ||P P^T - I||_F, P^T P for B).
+    """
+    if plan is None or plan.adapter != "adalora":
+        return None
+    adalora = model.base_model
+    name = adalora.trainable_adapter_name
+    terms = []
+    for n, p in adalora.model.named_parameters():
+        if ("lora_A" in n or "lora_B" in n) and name in n:
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype)))
+    if not terms:
+        return None
+    return adalora.peft_config[name].orth_reg_weight * torch.stack(terms).mean()
+
+
 def llm_layer_list(model: torch.nn.Module, plan: Plan) -> torch.nn.ModuleList:
     """The LLM's decoder layer list: the longest ModuleList inside the llm component."""
     best = None
