@@ -7,11 +7,11 @@ from pathlib import Path
 
 from accelerate import PartialState
 
+from ..data.dataset import StreamingEncoded, StreamPosition
+from ..data.fingerprint import data_fingerprint
 from ..errors import ConfigError, TrainingStopped
 from .alarms import AlarmCallback
 from .callbacks import LOG_FILE, ProgressCallback
-from ..data.dataset import StreamingEncoded, StreamPosition
-from ..data.fingerprint import data_fingerprint
 from .checkpoint import (FINAL_DIR, CheckpointWriter, check_resume, last_checkpoint, read_stream_position,
                          resolve_resume, write_resume_info)
 from .signals import StopOnSignal
@@ -59,8 +59,8 @@ def make_guards(cfg, out: Path, resume: Path | None, train_set, write_config) ->
             stream.resume_at(StreamPosition(**position))
             stream_resumed = True
         elif stream is not None:
-            print(f"[tailorkit] {resume} holds no stream position usable here (dataloader workers or several "
-                  "processes): the trainer re-reads and re-encodes the rows already trained on to skip them")
+            print(f"[tailorkit] {resume} holds no stream position usable here (dataloader workers, several "
+                  "processes, or a stream read more than once): the trainer re-encodes the trained rows to skip them")
 
     def write_files(folder: Path) -> None:
         write_config(folder)
