@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -10,8 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DataError, TooLongError
+from ..errors import ConfigError, DataError, TooLongError
 from .encode import Encoded, encode, encode_text
+from .fingerprint import feed_row
 from .formats import MEDIA_KINDS, Conversation, TextSample, parse_row, parse_text_row
 from .media import missing_media
 from .sources import base_dir_of, iter_rows, split_spec
@@ -197,11 +199,25 @@ def encode_one(item, processor, *, max_length: int, truncation: str, text: bool,
     return enc
 
 
+@dataclass
+class StreamPosition:
+    """How far training has consumed a stream: rows read (kept or skipped), samples trained on, digest of the rows."""
+
+    rows: int = 0
+    samples: int = 0
+    digest: str = field(default_factory=lambda: hashlib.sha256().hexdigest())
+
+
 class StreamingEncoded(torch.utils.data.IterableDataset):
     """--streaming: rows are read, checked and encoded lazily as training consumes them.
 
     ``report`` counts skips and cuts so far (in this process: with --dataloader_num_workers the counts stay
     in the workers); a broken row raises when the stream reaches it.
+
+    Resume: the trainer reports the samples it has trained on (``consume``); ``position()`` maps that count
+    to the rows read so far and a digest of them, which a checkpoint records. ``resume_at(position)``
+    makes the next pass read past those rows without encoding them, and refuse other content.
+    Positions are known in the main process on the stream's first pass only (no dataloader workers).
     """
 
     def __init__(self, specs: list[str], processor, *, max_length: int, truncation: str,
@@ -209,6 +225,10 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
         self.specs, self.processor, self.system, self.text = specs, processor, system, text
         self.kwargs = dict(max_length=max_length, truncation=truncation, text=text)
         self.report = EncodeReport()
+        self.start = StreamPosition()
+        self._passes = 0
+        self._consumed = 0
+        self._ahead: dict[int, StreamPosition] = {}  # yielded, not yet trained on: samples -> position after it
 
     def items(self):
         for spec in self.specs:
@@ -217,12 +237,51 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
             else:
                 yield from iter_conversations(spec, system=self.system, streaming=True)
 
+    def resume_at(self, position: StreamPosition) -> None:
+        """Start the next pass after ``position`` (read, digested and checked, never encoded)."""
+        self.start, self._consumed = position, position.samples
+        self._ahead = {position.samples: position}
+
+    def consume(self, n: int) -> None:
+        """The trainer has trained on ``n`` more samples of this stream."""
+        self._consumed += n
+        for k in [k for k in self._ahead if k < self._consumed]:
+            del self._ahead[k]
+
+    def position(self) -> StreamPosition | None:
+        """Where the samples trained on so far end, or None where this process cannot know it."""
+        return self._ahead.get(self._consumed)
+
     def __iter__(self):
         info = torch.utils.data.get_worker_info()  # with dataloader workers, each encodes every k-th row
+        self._passes += 1
+        tracked = info is None and self._passes == 1
+        start = self.start if tracked else StreamPosition()
+        digest, kept, read = hashlib.sha256(), start.samples, 0
         for i, item in enumerate(self.items()):
+            read = i + 1
             if info is not None and i % info.num_workers != info.id:
+                continue
+            if tracked:
+                feed_row(digest, item)
+            if i < start.rows:
+                if i + 1 == start.rows:
+                    self._check_skipped(digest.hexdigest())
                 continue
             enc = encode_one(item, self.processor, report=self.report, **self.kwargs)
             if enc is not None:
                 self.report.kept += 1
+                kept += 1
+                if tracked:
+                    self._ahead[kept] = StreamPosition(i + 1, kept, digest.hexdigest())
                 yield enc
+        if read < start.rows:
+            raise ConfigError(f"cannot resume the stream {', '.join(self.specs)}: it has fewer rows than the "
+                              f"{start.rows} the checkpoint had read; give the same data, or pass "
+                              "--resume_only_model to start a new run from the checkpoint's weights")
+
+    def _check_skipped(self, digest: str) -> None:
+        if digest != self.start.digest:
+            raise ConfigError(f"cannot resume the stream {', '.join(self.specs)}: its first {self.start.rows} rows "
+                              "differ from those the checkpoint had trained on; give the same data, or pass "
+                              "--resume_only_model to start a new run from the checkpoint's weights")

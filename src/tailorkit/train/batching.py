@@ -15,6 +15,10 @@ def check_batching(cfg: SftConfig) -> None:
     if cfg.data.packing and cfg.train.group_by_length:
         raise ConfigError("--group_by_length has nothing to group when --packing is on (packs are already full); "
                           "use one of them")
+    if cfg.data.streaming and (cfg.data.packing or cfg.data.padding_free):
+        flag = "--packing" if cfg.data.packing else "--padding_free"
+        raise ConfigError(f"{flag} needs the whole dataset encoded before step 1, which --streaming true avoids; "
+                          "use one of them")
 
 
 def train_batches(cfg: SftConfig, model, train_set: list[Encoded], pad_token_id: int):

@@ -10,9 +10,7 @@ checkpoint is written into ``<output_dir>/.staging/`` and renamed into place onl
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import hashlib
 import json
 import os
 import re
@@ -20,7 +18,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import yaml
 
 from ..errors import CheckpointError, ConfigError
@@ -191,35 +188,17 @@ def resolve_resume(value: str | None, output_dir: str | Path, weights_only: bool
     return path.resolve()
 
 
-def data_fingerprint(samples) -> str:
-    """sha256 over the encoded training items (token ids, labels, media tensors; pairs and prompts too), in order."""
-    h = hashlib.sha256()
-    for s in samples:
-        _feed(h, s)
-    return h.hexdigest()
-
-
-def _feed(h, x) -> None:
-    if isinstance(x, torch.Tensor):
-        t = x.detach().cpu().contiguous().flatten()
-        h.update(str(t.dtype).encode() + t.view(torch.uint8).numpy().tobytes())
-    elif dataclasses.is_dataclass(x):  # Encoded, preference pairs, KTO samples, rollout prompts
-        for f in dataclasses.fields(x):
-            h.update(f.name.encode())
-            _feed(h, getattr(x, f.name))
-    elif hasattr(x, "tobytes") and hasattr(x, "mode"):  # a PIL image: its pixels, not its repr
-        h.update(x.tobytes())
-    elif isinstance(x, dict):
-        for key in sorted(x):
-            h.update(str(key).encode())
-            _feed(h, x[key])
-    else:
-        h.update(json.dumps(x, sort_keys=True, default=str).encode())
-
-
-def write_resume_info(folder: Path, fingerprint: str, num_samples: int) -> None:
+def write_resume_info(folder: Path, fingerprint: str | None, num_samples: int | None,
+                      stream: dict | None = None) -> None:
+    """Record what the run had trained on: the encoded data's fingerprint, or a stream's position (rows read)."""
     (Path(folder) / RESUME_FILE).write_text(json.dumps({"data_fingerprint": fingerprint,
-                                                         "train_samples": num_samples}))
+                                                         "train_samples": num_samples, "stream": stream}))
+
+
+def read_stream_position(ckpt: Path) -> dict | None:
+    """The stream position a checkpoint recorded (rows, samples, digest), or None when it has none."""
+    info_file = Path(ckpt) / RESUME_FILE
+    return json.loads(info_file.read_text()).get("stream") if info_file.is_file() else None
 
 
 def check_resume(ckpt: Path, flat: dict, fingerprint: str | None) -> None:

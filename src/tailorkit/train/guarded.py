@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from accelerate import PartialState
+
+from ..data.dataset import StreamingEncoded, StreamPosition
+from ..data.fingerprint import data_fingerprint
 from ..errors import ConfigError, TrainingStopped
 from .alarms import AlarmCallback
 from .callbacks import LOG_FILE, ProgressCallback
-from .checkpoint import (FINAL_DIR, CheckpointWriter, check_resume, data_fingerprint, last_checkpoint,
+from .checkpoint import (FINAL_DIR, CheckpointWriter, check_resume, last_checkpoint, read_stream_position,
                          resolve_resume, write_resume_info)
 from .signals import StopOnSignal
 from .summary import RunSummary, summarize
@@ -21,6 +25,8 @@ class Guards:
     writer: CheckpointWriter
     stopper: StopOnSignal
     alarms: AlarmCallback
+    stream: StreamingEncoded | None = None  # a streamed train set, whose position checkpoints record
+    stream_resumed: bool = False  # the stream skips to the checkpoint's position itself
 
     @property
     def callbacks(self) -> list:
@@ -38,20 +44,34 @@ def resume_point(cfg, out: Path) -> Path | None:
 
 
 def make_guards(cfg, out: Path, resume: Path | None, train_set, write_config) -> Guards:
-    """Check the encoded data against the resumed checkpoint and build the writer and callbacks."""
-    sized = hasattr(train_set, "__len__")  # a streaming dataset is checked through its settings only
-    fingerprint = data_fingerprint(train_set) if sized else None
+    """Check the encoded data against the resumed checkpoint and build the writer and callbacks.
+
+    A streamed train set is not fingerprinted up front: checkpoints record its position (rows read and a
+    digest of them) and a resume reads past those rows, refusing other content, without encoding them.
+    """
+    stream = train_set if isinstance(train_set, StreamingEncoded) else None
+    fingerprint = data_fingerprint(train_set) if stream is None else None
+    stream_resumed = False
     if resume is not None and not cfg.train.resume_only_model:
         check_resume(resume, cfg.flat(), fingerprint)
+        position = read_stream_position(resume) if stream is not None else None
+        if position is not None and cfg.data.dataloader_num_workers == 0 and PartialState().num_processes == 1:
+            stream.resume_at(StreamPosition(**position))
+            stream_resumed = True
+        elif stream is not None:
+            print(f"[tailorkit] {resume} holds no stream position usable here (dataloader workers, several "
+                  "processes, or a stream read more than once): the trainer re-encodes the trained rows to skip them")
 
     def write_files(folder: Path) -> None:
         write_config(folder)
-        write_resume_info(folder, fingerprint, len(train_set) if sized else None)
+        position = stream.position() if stream is not None else None
+        write_resume_info(folder, fingerprint, len(train_set) if stream is None else None,
+                          asdict(position) if position is not None else None)
 
     writer = CheckpointWriter(out, cfg.train.save_total_limit, write_files)
     alarms = AlarmCallback(cfg.train.alarm_patience, cfg.train.strict_alarms, out / LOG_FILE,
                            check_grads=cfg.train.deepspeed is None)
-    return Guards(resume, cfg.train.resume_only_model, writer, StopOnSignal(), alarms)
+    return Guards(resume, cfg.train.resume_only_model, writer, StopOnSignal(), alarms, stream, stream_resumed)
 
 
 def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tuple[Path, RunSummary]:
@@ -61,6 +81,8 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
     the summary, naming the checkpoint to resume from.
     """
     trainer.batch_hooks.append(guards.alarms.observe_batch)
+    if guards.stream is not None and trainer.accelerator.num_processes == 1:
+        _track_stream(trainer, guards)
     guards.alarms.progress = next((cb for cb in trainer.callback_handler.callbacks
                                    if isinstance(cb, ProgressCallback)), None)
     if guards.resume is not None and guards.only_model:
@@ -93,6 +115,20 @@ def train_guarded(trainer, guards: Guards, *, skipped: dict, save_final) -> tupl
         reason = f": {fatal}" if fatal is not None else ""
         raise TrainingStopped(f"training {stopped} at step {state.global_step}{reason}; {where}")
     return final, summary
+
+
+def _track_stream(trainer, guards: Guards) -> None:
+    """Count the streamed samples trained on; on resume let the stream, not the trainer, skip the trained rows.
+
+    The base class would skip by iterating the data loader, encoding every skipped row again. With the
+    stream already past them, it must skip nothing (``ignore_data_skip``) and restore the RNG states where the
+    interrupted run stood at that step: just before the first forward, after the data loader has started.
+    """
+    stream = guards.stream
+    trainer.batch_hooks.append(lambda inputs, loss: stream.consume(len(inputs["input_ids"])))
+    if guards.stream_resumed:
+        trainer.args.ignore_data_skip = True
+        trainer.restore_rng_at_first_batch = True
 
 
 def _report(trainer, guards: Guards, status: str, skipped: dict, final: Path | None) -> RunSummary:

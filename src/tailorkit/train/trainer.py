@@ -25,6 +25,9 @@ class Trainer(transformers.Trainer):
         self.checkpoints = checkpoints  # train.checkpoint.CheckpointWriter: atomic saves, `last`, rotation
         self.batch_hooks = []  # hook(inputs, loss) after every micro-batch: alarms and counters
         self._staging_root = None
+        # A resumed stream skips its trained rows itself; the RNG states then wait for the first batch (guarded.py).
+        self.restore_rng_at_first_batch = False
+        self._pending_rng = None
         # Make the base class count supervised tokens over the whole accumulation window for us.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
@@ -77,7 +80,16 @@ class Trainer(transformers.Trainer):
             logs = {**logs, **self.algorithm.pop_metrics(logs)}
         super().log(logs, *args, **kwargs)
 
+    def _load_rng_state(self, checkpoint):
+        if self.restore_rng_at_first_batch and checkpoint is not None:
+            self._pending_rng = checkpoint  # the base class would restore them before the data loader starts
+            return
+        super()._load_rng_state(checkpoint)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._pending_rng is not None:
+            checkpoint, self._pending_rng = self._pending_rng, None
+            super()._load_rng_state(checkpoint)
         loss = super().training_step(model, inputs, num_items_in_batch)
         for hook in self.batch_hooks:
             hook(inputs, loss)
