@@ -192,3 +192,19 @@ REFUSED_FAMILIES = [f.name for f in FAMILIES.values() if f.packing_refusal]
 def test_vision_family_packed_with_images_equals_one_by_one(name, family_dirs):
     fam = FAMILIES[name]
     _check_parity(family_dirs(name), _family_rows(seed=2), "packing", trust_remote_code=fam.trust_remote_code)
+
+
+@pytest.mark.parametrize("mode", ["packing", "padding_free"])
+@pytest.mark.parametrize("name", REFUSED_FAMILIES)
+def test_family_that_cannot_pack_exactly_is_refused_up_front(name, mode, family_dirs):
+    from tailorkit.errors import ConfigError
+    from tailorkit.train.batching import check_batching
+
+    fam = FAMILIES[name]
+    cfg = build_config(SftConfig, {"model": str(family_dirs(name)), "dataset": ["unused.jsonl"], mode: True,
+                                   "trust_remote_code": fam.trust_remote_code})
+    with pytest.raises(ConfigError, match=f"--{mode} is not supported for the {name} family") as err:
+        check_batching(cfg)
+    assert fam.packing_refusal in str(err.value)
+    check_batching(build_config(SftConfig, {"model": str(family_dirs(name)), "dataset": ["unused.jsonl"],
+                                            "trust_remote_code": fam.trust_remote_code}))  # padded batches train
