@@ -26,6 +26,8 @@ def check_family_packs(cfg: SftConfig) -> None:
     from ..models.load import detect_family
 
     m = cfg.model
+    if m.model is None:  # load_bundle says so
+        return
     config = AutoConfig.from_pretrained(m.model, trust_remote_code=m.trust_remote_code)
     family = detect_family(config, m.model_type)
     if family is not None and family.packing_refusal:
