@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tailorkit.models.registry import FAMILIES
 from tailorkit.models.tiny import build_qwen2, build_qwen2_5_vl
 
 
@@ -30,3 +31,17 @@ def tiny_vl_adapters(tiny_vl_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-vl-adapters")
     return {name: build_random_lora(tiny_vl_dir, root / name, seed) for name, seed in (("alpha", 1), ("beta", 2))}
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    """Build each registered family's tiny model once, on first use."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            built[name] = tmp_path_factory.mktemp(f"tiny-{name}")
+            FAMILIES[name].build_tiny(built[name])
+        return built[name]
+
+    return get

@@ -17,6 +17,7 @@ from tailorkit.data.encode import encode, encode_text
 from tailorkit.data.formats import parse_row, parse_text_row
 from tailorkit.demo.shapes import COLOURS, SHAPES, draw
 from tailorkit.models.load import load_bundle
+from tailorkit.models.registry import FAMILIES
 from tailorkit.train.batching import train_batches
 from tailorkit.train.losses import shifted_token_nll
 
@@ -96,7 +97,7 @@ def _max_diff(a: dict, b: dict) -> float:
 def _check_parity(model_dir, rows, mode: str, **settings):
     cfg, bundle, samples = _setup(model_dir, rows, **{mode: True}, **settings)
     model, pad_id = bundle.model, bundle.tokenizer.pad_token_id
-    assert model.config.get_text_config().use_cache  # the user's default: the trap packing must survive
+    assert getattr(model.config.get_text_config(), "use_cache", True)  # the user's default: the trap packing must survive
     padded = Collator(pad_id)(samples)
     padded_ref, padded_ref_grads = _flat(model, padded)
     items, collator, _ = train_batches(cfg, model, samples, pad_id)
@@ -110,7 +111,10 @@ def _check_parity(model_dir, rows, mode: str, **settings):
     nll = nll[0]
     assert nll.shape == ref_nll.shape
     assert (nll - ref_nll).abs().max().item() <= TOL
-    assert len(grads) == len(list(model.parameters()))
+    # The same parameters get gradients; all of them unless the model leaves some unused (LLaVA's and
+    # DeepSeek-VL's vision layers after the one they read features from).
+    assert grads.keys() == ref_grads.keys()
+    assert len(grads) == len(list(model.parameters())) or bundle.family.is_multimodal
     assert _max_diff(grads, ref_grads) <= TOL
     return bundle, collator(items), ref_nll
 
@@ -172,3 +176,35 @@ def test_loss_and_gradients_invariant_to_batching_and_accumulation(tiny_text_dir
     for name, (loss, grads) in results.items():
         assert abs(loss - loss0) <= TOL, name
         assert _max_diff(grads, grads0) <= TOL, name
+
+
+def _family_rows(seed: int) -> list[dict]:
+    """Three samples for every vision family: two with an image of different sizes, one text-only between them."""
+    rows = _vl_rows(seed)
+    return [rows[0], rows[1], rows[3]]
+
+
+PACKED_FAMILIES = [f.name for f in FAMILIES.values() if f.is_multimodal and not f.packing_refusal]
+REFUSED_FAMILIES = [f.name for f in FAMILIES.values() if f.packing_refusal]
+
+
+@pytest.mark.parametrize("name", PACKED_FAMILIES)
+def test_vision_family_packed_with_images_equals_one_by_one(name, family_dirs):
+    fam = FAMILIES[name]
+    _check_parity(family_dirs(name), _family_rows(seed=2), "packing", trust_remote_code=fam.trust_remote_code)
+
+
+@pytest.mark.parametrize("mode", ["packing", "padding_free"])
+@pytest.mark.parametrize("name", REFUSED_FAMILIES)
+def test_family_that_cannot_pack_exactly_is_refused_up_front(name, mode, family_dirs):
+    from tailorkit.errors import ConfigError
+    from tailorkit.train.batching import check_batching
+
+    fam = FAMILIES[name]
+    cfg = build_config(SftConfig, {"model": str(family_dirs(name)), "dataset": ["unused.jsonl"], mode: True,
+                                   "trust_remote_code": fam.trust_remote_code})
+    with pytest.raises(ConfigError, match=f"--{mode} is not supported for the {name} family") as err:
+        check_batching(cfg)
+    assert fam.packing_refusal in str(err.value)
+    check_batching(build_config(SftConfig, {"model": str(family_dirs(name)), "dataset": ["unused.jsonl"],
+                                            "trust_remote_code": fam.trust_remote_code}))  # padded batches train

@@ -37,20 +37,6 @@ FAMILY_PARAMS = [_params(f) for f in FAMILIES.values()]
 
 
 @pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory):
-    """Build each family's tiny model once, on first use."""
-    built = {}
-
-    def get(name):
-        if name not in built:
-            built[name] = tmp_path_factory.mktemp(f"tiny-{name}")
-            FAMILIES[name].build_tiny(built[name])
-        return built[name]
-
-    return get
-
-
-@pytest.fixture(scope="session")
 def image_path(tmp_path_factory):
     from PIL import Image
 

@@ -26,5 +26,20 @@ class Collator:
             batch[key] = pad([s.token_fields[key] for s in samples], 0)
         media_keys = {k for s in samples for k in s.media}
         for key in sorted(media_keys):
-            batch[key] = torch.cat([s.media[key] for s in samples if key in s.media], dim=0)
+            batch[key] = combine_media([s.media[key] for s in samples if key in s.media])
         return batch
+
+
+def combine_media(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate one media field of several samples along dim 0, in sample order.
+
+    Where the samples' trailing sizes differ (LLaVA-NeXT / OneVision images cut into different numbers
+    of tiles, Idefics3 samples with different numbers of images), the smaller ones are zero-padded at
+    the end, as the model's own processor pads a batch: those models drop the padding again using
+    ``image_sizes`` or the all-zero padding images.
+    """
+    if len({t.shape[1:] for t in tensors}) > 1:
+        size = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+        tensors = [torch.nn.functional.pad(t, [p for d in reversed(range(1, t.dim()))
+                                               for p in (0, size[d - 1] - t.shape[d])]) for t in tensors]
+    return torch.cat(tensors, dim=0)

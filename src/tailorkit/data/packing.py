@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DataError
-from .collate import Collator
+from .collate import Collator, combine_media
 from .encode import IGNORE, Encoded
 
 
@@ -191,5 +191,5 @@ def flatten(segments: list[Segment]) -> dict[str, torch.Tensor]:
     for key in segments[0].enc.token_fields:
         batch[key] = torch.tensor([[t for s in segments for t in s.enc.token_fields[key]]])
     for key in sorted({k for s in segments for k in s.enc.media}):
-        batch[key] = torch.cat([s.enc.media[key] for s in segments if key in s.enc.media], dim=0)
+        batch[key] = combine_media([s.enc.media[key] for s in segments if key in s.enc.media])
     return batch

@@ -38,6 +38,9 @@ class Family:
     chat_template: str | None = None  # template patch (data) replacing the native one; None = native
     trust_remote_code: bool = False
     requires: tuple[str, ...] = ()  # optional packages the processor needs
+    # Why --packing/--padding_free cannot be exact for this family ("" = packed rows are exact, proven by
+    # tests/test_packing_parity.py); a non-empty reason makes them refuse the family before weights load.
+    packing_refusal: str = ""
     support: str = "tiny random build: prompt = train prefix, supervised = replies, 1 sft step with an image"
 
     @property

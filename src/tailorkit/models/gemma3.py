@@ -39,7 +39,11 @@ def build_gemma3(out: str | Path) -> None:
     _save(model, processor, out)
 
 
-GEMMA3 = Family(name="gemma3", model_types=("gemma3",), auto_class="AutoModelForImageTextToText",
+GEMMA3 = Family(
+    packing_refusal=(
+        "its image tokens attend to each other bidirectionally (a token_type_ids mask), and the per-"
+        "segment attention of packed rows is causal only"),
+    name="gemma3", model_types=("gemma3",), auto_class="AutoModelForImageTextToText",
                 vision=("model.vision_tower",), aligner=("model.multi_modal_projector",),
                 llm=("model.language_model",), lora_targets=DECODER_LORA, build_tiny=build_gemma3,
                 model_class="Gemma3ForConditionalGeneration", processor_class="Gemma3Processor",

@@ -54,6 +54,9 @@ def build_minicpmv(out: str | Path) -> None:
 
 
 MINICPMV = Family(
+    packing_refusal=(
+        "the remote-code MiniCPMV class accepts no attention implementation other than eager "
+        "(transformers refuses to switch it to the segment-aware attention packed rows need)"),
     name="minicpmv", model_types=("minicpmv",), auto_class="AutoModelForCausalLM", vision=("vpm",),
     aligner=("resampler",), llm=("llm.model",), lm_head=("llm.lm_head",), lora_targets=DECODER_LORA,
     build_tiny=build_minicpmv, model_class="MiniCPMV (remote code)", processor_class="MiniCPMVProcessor (remote code)",

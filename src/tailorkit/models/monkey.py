@@ -50,6 +50,9 @@ def build_monkey(out: str | Path) -> None:
 
 
 MONKEY = Family(
+    packing_refusal=(
+        "the remote-code model builds its own causal mask and takes no position_ids, so packed samples "
+        "would attend to each other"),
     name="monkey", model_types=("monkey",), auto_class="AutoModelForCausalLM", vision=("transformer.visual",),
     aligner=("transformer.visual.attn_pool",), llm=("transformer.wte", "transformer.h", "transformer.ln_f"),
     lora_targets=("c_attn", "c_proj", "w1", "w2"), build_tiny=build_monkey,

@@ -43,6 +43,10 @@ def build_phi4mm(out: str | Path) -> None:
 
 
 PHI4MM = Family(
+    packing_refusal=(
+        "its image encoder gives an image different features when it is batched with images whose crops "
+        "are masked differently (stock transformers, sdpa), so a row holding several samples' images "
+        "cannot equal those samples one by one"),
     name="phi4_multimodal", model_types=("phi4_multimodal",), auto_class="AutoModelForCausalLM",
     vision=(f"{_EMBED}.image_embed",),
     aligner=(f"{_EMBED}.image_embed.img_projection_up", f"{_EMBED}.image_embed.img_projection_down"),

@@ -24,7 +24,8 @@ family's special tokens and its real chat template): the inference prompt equals
 up to the first supervised token, the supervised tokens are exactly the assistant replies, and one
 full-parameter sft step with an image changes every component of the module map. "template patch"
 means the family file replaces the native chat template (the reason is in the notes, and a test shows
-the native one fails). Any other model with a processor, a chat template and an
+the native one fails). "packing" says whether `--packing`/`--padding_free` batches are exact (per-token losses
+and gradients equal the samples run one by one, `tests/test_packing_parity.py`) or are refused, and why. Any other model with a processor, a chat template and an
 `AutoModelForImageTextToText`/`AutoModelForCausalLM` class trains with a module map inferred from the
 loaded model and printed (tested on VipLLaVA and Mistral, which have no family file, and compared with
 every family file above: the LLM and lm_head always agree; Qwen3-VL's deepstack mergers, LLaVA-NeXT's and
@@ -38,6 +39,12 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
 
 
+def _packing(fam: Family) -> str:
+    if fam.packing_refusal:
+        return "refused: " + fam.packing_refusal
+    return "exact (parity-tested)" if fam.is_multimodal else "exact (parity-tested on Qwen2)"
+
+
 def _row(fam: Family) -> str:
     module_map = "; ".join(f"{comp}: {', '.join(f'`{p}`' for p in getattr(fam, comp))}"
                            for comp in ("vision", "aligner", "llm", "lm_head") if getattr(fam, comp))
@@ -45,14 +52,14 @@ def _row(fam: Family) -> str:
     template = "template patch" if fam.chat_template is not None else "native"
     tested = fam.support + (f" (skipped when {', '.join(fam.requires)} is not installed)" if fam.requires else "")
     cells = [f"`{fam.name}`", ", ".join(f"`{t}`" for t in fam.model_types), classes, module_map,
-             ", ".join(f"`{t}`" for t in fam.lora_targets), template, tested, fam.notes]
+             ", ".join(f"`{t}`" for t in fam.lora_targets), template, _packing(fam), tested, fam.notes]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
 def support_table(families: dict[str, Family] = FAMILIES) -> str:
     """The whole docs page: header, then one row per registered family."""
     head = ("| family | model_type | classes (model / processor) | module map | LoRA targets (LLM) | template "
-            "| tested | notes |\n|---|---|---|---|---|---|---|---|\n")
+            "| packing | tested | notes |\n|---|---|---|---|---|---|---|---|---|\n")
     return HEADER + head + "\n".join(_row(f) for f in families.values()) + "\n"
 
 

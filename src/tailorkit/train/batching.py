@@ -19,6 +19,25 @@ def check_batching(cfg: SftConfig) -> None:
         flag = "--packing" if cfg.data.packing else "--padding_free"
         raise ConfigError(f"{flag} needs the whole dataset encoded before step 1, which --streaming true avoids; "
                           "use one of them")
+    if cfg.data.packing or cfg.data.padding_free:
+        check_family_packs(cfg)
+
+
+def check_family_packs(cfg: SftConfig) -> None:
+    """Refuse --packing/--padding_free for a registered family that declares it cannot pack exactly."""
+    from transformers import AutoConfig
+
+    from ..models.load import detect_family
+
+    m = cfg.model
+    if m.model is None:  # load_bundle says so
+        return
+    config = AutoConfig.from_pretrained(m.model, trust_remote_code=m.trust_remote_code)
+    family = detect_family(config, m.model_type)
+    if family is not None and family.packing_refusal:
+        flag = "--packing" if cfg.data.packing else "--padding_free"
+        raise ConfigError(f"{flag} is not supported for the {family.name} family: {family.packing_refusal}; "
+                          f"train it with padded batches (drop {flag})")
 
 
 def train_batches(cfg: SftConfig, model, train_set: list[Encoded], pad_token_id: int):
