@@ -8,6 +8,7 @@ loop keeps accepting requests (which then form the next batch) while a batch is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,10 +49,8 @@ class BatchQueue:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         for job in self._pending:
             if not job.future.done():
                 job.future.cancel()
