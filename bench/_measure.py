@@ -57,13 +57,13 @@ def train_once(cfg, *, t0: float, stock_attention: bool = False, text: bool = Fa
     from tailorkit.models.load import load_bundle
     from tailorkit.train.batching import train_batches
     from tailorkit.train.sft import _config_writer, _make_trainer
-    from tailorkit.tuners.plan import apply_tuner
+    from tailorkit.tuners.adapters import apply_tuner
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
     items = load_conversations(cfg.data.dataset)
     bundle = load_bundle(cfg.model)
-    model = apply_tuner(bundle, cfg.tuner)
+    model, plan = apply_tuner(bundle, cfg.tuner)
     encoded, _ = encode_all(items, bundle.processor, max_length=cfg.data.max_length,
                             truncation=cfg.data.truncation_strategy)
     train_set, collator, _ = train_batches(cfg, bundle.model, encoded, bundle.tokenizer.pad_token_id)
@@ -72,7 +72,7 @@ def train_once(cfg, *, t0: float, stock_attention: bool = False, text: bool = Fa
     counting = CountingCollator(collator)
     cfg.train.output_dir = tempfile.mkdtemp(prefix="tailorkit-bench-")
     timer = Timer(t0)
-    trainer = _make_trainer(cfg, bundle, model, train_set, [], _config_writer(cfg), [timer], counting)
+    trainer = _make_trainer(cfg, bundle, model, train_set, [], _config_writer(cfg), [timer], collator=counting, plan=plan)
     trainer.train()
     seconds = timer.end - timer.start
     lengths = sorted(len(e) for e in encoded)

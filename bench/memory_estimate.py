@@ -31,7 +31,7 @@ def measure(train_type: str, checkpointing: bool, seq: int, batch: int) -> dict:
     from tailorkit.models.text import QWEN2
     from tailorkit.train.losses import sft_loss
     from tailorkit.train.memory import estimate_memory
-    from tailorkit.tuners.plan import apply_tuner
+    from tailorkit.tuners.adapters import apply_tuner
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -42,7 +42,7 @@ def measure(train_type: str, checkpointing: bool, seq: int, batch: int) -> dict:
     before = torch.cuda.memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(device)
-    model = apply_tuner(ModelBundle(model=model, processor=None, family=QWEN2), tuner)
+    model, _ = apply_tuner(ModelBundle(model=model, processor=None, family=QWEN2), tuner)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

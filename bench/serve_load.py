@@ -16,7 +16,7 @@ from pathlib import Path
 from tailorkit.config import build_config
 from tailorkit.config.infer import DeployConfig
 from tailorkit.serve.deploy import build_app, start_background
-from tailorkit.serve.loadgen import run_load
+from tailorkit.testing import run_load
 
 WORDS = ["red", "green", "blue", "yellow", "circle", "square", "triangle", "star"]
 

@@ -42,7 +42,7 @@ def main() -> None:
     from tailorkit.demo.shapes import draw
     from tailorkit.models.load import load_bundle
     from tailorkit.models.tiny import build_qwen2_5_vl
-    from tailorkit.tuners.plan import apply_tuner
+    from tailorkit.tuners.adapters import apply_tuner
     from tailorkit.tuners.runtime import save_plan_extras
 
     tmp = Path(tempfile.mkdtemp())
@@ -63,12 +63,12 @@ def main() -> None:
         return (want - got).abs().max().item()
 
     rows = []
-    ours = apply_tuner(bundle, TunerArgs(vit="full", llm="lora"))
+    ours, plan = apply_tuner(bundle, TunerArgs(vit="full", llm="lora"))
     perturb_vit(ours)
     ours.save_pretrained(str(tmp / "naive"))
     rows.append(("peft-naive", param_bytes(ours), reload_diff(ours, tmp / "naive")))
     ours.save_pretrained(str(tmp / "ours"))
-    save_plan_extras(ours, ours.tailorkit_plan, tmp / "ours")
+    save_plan_extras(ours, plan, tmp / "ours")
     rows.insert(0, ("ours", param_bytes(ours), reload_diff(ours, tmp / "ours")))
 
     plain = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32)

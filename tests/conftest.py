@@ -27,7 +27,7 @@ def tiny_vl_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vl_adapters(tiny_vl_dir, tmp_path_factory):
     """Two random LoRA adapters (name -> folder) for the tiny Qwen2.5-VL that answer differently."""
-    from tailorkit.models.tiny_lora import build_random_lora
+    from helpers import build_random_lora
 
     root = tmp_path_factory.mktemp("tiny-vl-adapters")
     return {name: build_random_lora(tiny_vl_dir, root / name, seed) for name, seed in (("alpha", 1), ("beta", 2))}

@@ -1,4 +1,4 @@
-"""Small builders shared by tests: datasets on disk and a parameter-change recorder."""
+"""Small builders shared by tests: datasets on disk, random LoRA adapters, checkpoint reloads, a change recorder."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+LLM_ATTENTION = ("q_proj", "v_proj", "o_proj")
 TEXT_PAIRS = [("Say red", "red"), ("Say blue", "blue"), ("Say green", "green"), ("Say yellow", "yellow")]
 
 
@@ -35,3 +36,41 @@ class ParamChangeRecorder(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.changed = {n: not torch.equal(self.before[n], p.detach()) for n, p in model.named_parameters()}
+
+
+def build_random_lora(model_dir: str | Path, out: str | Path, seed: int, rank: int = 4, alpha: int | None = None,
+                      target_modules=LLM_ATTENTION) -> Path:
+    """Save a peft LoRA adapter for ``model_dir`` with random (seeded, non-zero) A and B; returns ``out``.
+
+    Non-zero B makes adapters tell apart by their answers; default targets are the LLM attention.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    multimodal = hasattr(AutoConfig.from_pretrained(model_dir), "vision_config")
+    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha or 16 * rank, target_modules=target_modules,
+                        init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return Path(out)
+
+
+def load_checkpoint(base_model_dir: str | Path, checkpoint: str | Path, auto_class: str, **kwargs):
+    """Reload a checkpoint the way a user would: plain transformers, plus plain peft for adapters."""
+    import transformers
+    from peft import PeftModel
+
+    auto = getattr(transformers, auto_class)
+    ckpt = Path(checkpoint)
+    if (ckpt / "adapter_config.json").is_file():
+        return PeftModel.from_pretrained(auto.from_pretrained(str(base_model_dir), **kwargs), str(ckpt))
+    shipped = sorted(p.parent for p in ckpt.glob("*/adapter_config.json"))
+    if shipped:
+        model = auto.from_pretrained(str(base_model_dir), **kwargs)
+        for folder in shipped:
+            model.load_adapter(str(folder), adapter_name=folder.name)
+        model.set_adapter([f.name for f in shipped])
+        return model
+    return auto.from_pretrained(str(ckpt), **kwargs)

@@ -10,7 +10,7 @@ import torch
 from tailorkit.config import SftConfig
 from tailorkit.config.loading import build_config, flatten_layout
 from tailorkit.data.encode import IGNORE, Encoded
-from tailorkit.data.packing import Segment, best_fit_decreasing, flatten, pack, pack_stream
+from tailorkit.data.packing import Segment, best_fit_decreasing, flatten, pack
 from tailorkit.errors import ConfigError, DataError
 from tailorkit.train.attention import segment_starts
 from tailorkit.train.batching import check_batching
@@ -47,15 +47,6 @@ def test_pack_keeps_counts_and_reports_over_long_samples():
     assert all(sum(len(s) for s in p) <= 64 for p in packs)
     with pytest.raises(DataError, match="packing_length"):
         pack(samples, 64, truncation="raise")
-
-
-def test_pack_stream_uses_a_bounded_buffer_and_drops_nothing():
-    rng = random.Random(1)
-    samples = [_enc(rng.randint(1, 40)) for _ in range(95)]
-    packs = list(pack_stream(iter(samples), 64, buffer_size=10))
-    out = [s for p in packs for s in p]
-    assert len(out) == 95 and sorted(map(id, out)) == sorted(map(id, samples))
-    assert all(sum(len(s) for s in p) <= 64 for p in packs)
 
 
 def test_flatten_restarts_positions_and_never_supervises_a_sample_start():

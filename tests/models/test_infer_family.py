@@ -15,7 +15,7 @@ from tailorkit.data.formats import Conversation, parse_row
 from tailorkit.models.llava import LLAVA_TEMPLATE, _TINY_VISION, _llama_text, _llama_tokenizer
 from tailorkit.models.load import load_bundle
 from tailorkit.models.registry import family_for_config
-from tailorkit.models.tiny import _save
+from tailorkit.models.tiny import save_tiny
 from tailorkit.train.sft import sft
 
 
@@ -34,7 +34,7 @@ def vipllava_dir(tmp_path_factory):
                                                                   crop_size={"height": 28, "width": 28}),
                                tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
                                num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
     return out
 
 
@@ -42,14 +42,14 @@ def vipllava_dir(tmp_path_factory):
 def mistral_dir(tmp_path_factory):
     from transformers import MistralConfig, MistralForCausalLM
 
-    from tailorkit.models.tiny import _text_config
+    from tailorkit.models.tiny import text_config
     from tailorkit.models.llava import _llama_tokenizer as tokenizer
 
     out = tmp_path_factory.mktemp("tiny-mistral")
     tok = tokenizer("{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + '</s>' }}{% endfor %}"
                     "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}")
     torch.manual_seed(0)
-    _save(MistralForCausalLM(MistralConfig(**_text_config(tok, eos_token_id=tok.eos_token_id, head_dim=16))), tok, out)
+    save_tiny(MistralForCausalLM(MistralConfig(**text_config(tok, eos_token_id=tok.eos_token_id, head_dim=16))), tok, out)
     return out
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from serve_helpers import API_KEY
-from tailorkit.serve.loadgen import run_load
+from tailorkit.testing import run_load
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_32_concurrent_clients_all_succeed_in_shared_batches(server):
 
 
 def test_load_report_percentiles():
-    from tailorkit.serve.loadgen import LoadReport
+    from tailorkit.testing import LoadReport
 
     r = LoadReport(seconds=2.0, latencies=[0.4, 0.1, 0.3, 0.2])
     assert (r.percentile(0.5), r.percentile(0.99), r.requests_per_s) == (0.2, 0.4, 2.0)

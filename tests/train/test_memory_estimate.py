@@ -10,7 +10,8 @@ from tailorkit.config.args import ModelArgs, TrainArgs, TunerArgs
 from tailorkit.models.load import load_bundle
 from tailorkit.models.registry import family_for_config
 from tailorkit.train.memory import estimate_memory
-from tailorkit.tuners.plan import apply_tuner, count_parameters
+from tailorkit.tuners.adapters import apply_tuner
+from tailorkit.tuners.plan import count_parameters
 
 
 @pytest.mark.parametrize("tuner", [TunerArgs(train_type="lora"), TunerArgs(train_type="full"),
@@ -22,7 +23,7 @@ def test_parameter_counts_match_the_loaded_model(tuner, tiny_vl_dir):
     est = estimate_memory(config, family_for_config(config), tuner, TrainArgs(), dtype=torch.float32, seq_len=64)
     bundle = load_bundle(ModelArgs(model=str(tiny_vl_dir), torch_dtype="float32"))
     base_bytes = sum(p.numel() * p.element_size() for p in bundle.model.parameters())
-    trainable, _ = count_parameters(apply_tuner(bundle, tuner))
+    trainable, _ = count_parameters(apply_tuner(bundle, tuner)[0])
     assert est.trainable_params == trainable
     assert est.weights == base_bytes + (4 * trainable if tuner.train_type == "lora" else 0)
     assert est.gradients == 4 * trainable and est.optimizer == 8 * trainable

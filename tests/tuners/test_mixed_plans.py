@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import build_random_lora, load_checkpoint
 from transformers import AutoModelForImageTextToText
 from tuner_helpers import changed_components, logits, manifest, plain_params, run, vl_inputs, write_vl_data
 
 from tailorkit.models.qwen_vl import QWEN2_5_VL
-from tailorkit.tuners.runtime import load_checkpoint
-from tailorkit.tuners.tiny_adapters import build_qwen2_5_vl_with_adapters
+from tailorkit.models.tiny import build_qwen2_5_vl
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +78,16 @@ def test_only_aligner_trained(tiny_vl_dir, vl_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def shipped_model(tmp_path_factory):
+    """A tiny VL model that ships its own LoRA adapter in ``vision-lora/``, the way Phi-4-multimodal does.
+
+    Phi-4-multimodal's checkpoint carries peft adapters that are part of the model; a fresh LoRA on top of
+    them conflicts, and the right plan is ``--train_type dummy`` with ``--adapters model/vision-lora``.
+    """
     base_dir = tmp_path_factory.mktemp("shipped") / "model"
-    return base_dir, build_qwen2_5_vl_with_adapters(base_dir)
+    build_qwen2_5_vl(base_dir)
+    shipped = build_random_lora(base_dir, base_dir / "vision-lora", seed=0, alpha=8,
+                                target_modules=r".*\.(qkv|q_proj|v_proj)$")
+    return base_dir, shipped
 
 
 def test_lora_prefix_lists_are_saved(tiny_vl_dir, vl_data, tmp_path):
@@ -98,7 +106,7 @@ def test_lora_prefix_lists_are_saved(tiny_vl_dir, vl_data, tmp_path):
 def test_new_lora_on_shipped_adapters_warns(shipped_model, vl_data, tmp_path):
     from tailorkit.config.args import ModelArgs, TunerArgs
     from tailorkit.models.load import load_bundle
-    from tailorkit.tuners.plan import apply_tuner
+    from tailorkit.tuners.adapters import apply_tuner
 
     base_dir, shipped = shipped_model
     bundle = load_bundle(ModelArgs(model=str(base_dir), torch_dtype="float32"))

@@ -124,7 +124,7 @@ def test_base_mutating_init_checkpoint_reloads(init, tiny_text_dir, datasets, tm
     from transformers import AutoModelForCausalLM
     from tuner_helpers import logits, text_inputs
 
-    from tailorkit.tuners.runtime import load_checkpoint
+    from helpers import load_checkpoint
 
     result = run(tiny_text_dir, datasets["text"], tmp_path / "run", steps=2, init_weights=init, lora_rank=4)
     # Saved as plain LoRA (rank 2r, no re-initialisation on load): vLLM, merging and peft read it on the base.

@@ -164,10 +164,10 @@ def test_adapter_targets_stay_in_their_components(kw, expected, tiny_vl_dir):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from tailorkit.models.load import load_bundle
-    from tailorkit.tuners.plan import apply_tuner
+    from tailorkit.tuners.adapters import apply_tuner
 
     bundle = load_bundle(ModelArgs(model=str(tiny_vl_dir), torch_dtype="float32"))
-    model = apply_tuner(bundle, TunerArgs(**kw))
+    model, _ = apply_tuner(bundle, TunerArgs(**kw))
     got: dict[str, set[str]] = {}
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer):

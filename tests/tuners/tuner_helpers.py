@@ -10,7 +10,7 @@ import torch
 from tailorkit.config.args import SftConfig
 from tailorkit.config.loading import build_config
 from tailorkit.demo.shapes import draw
-from tailorkit.models.family import _strip_peft
+from tailorkit.models.family import strip_peft_prefix
 from tailorkit.train.sft import sft
 
 VL_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What colour is the shape?<|im_end|>\n"
@@ -71,7 +71,7 @@ def plain_params(model) -> dict[str, torch.Tensor]:
     for name, p in model.named_parameters():
         if ".lora_" in name or ".modules_to_save." in name:
             continue
-        out[_strip_peft(name).replace(".original_module.", ".")] = p.detach()
+        out[strip_peft_prefix(name).replace(".original_module.", ".")] = p.detach()
     return out
 
 

@@ -1,4 +1,4 @@
-"""Batch Encoded samples: right-pad token fields, concatenate media tensors in sample order."""
+"""Batch Encoded samples: pad token fields (right for training, left for generation), concatenate media."""
 
 from __future__ import annotations
 
@@ -8,26 +8,38 @@ from .encode import IGNORE, Encoded
 
 
 class Collator:
+    """Right-padded training batch of Encoded samples (labels -100 on the padding)."""
+
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, samples: list[Encoded]) -> dict[str, torch.Tensor]:
-        width = max(len(s) for s in samples)
+        return pad_batch(samples, self.pad_token_id)
 
-        def pad(rows, value):
-            return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
-        batch = {
-            "input_ids": pad([s.input_ids for s in samples], self.pad_token_id),
-            "labels": pad([s.labels for s in samples], IGNORE),
-            "attention_mask": pad([[1] * len(s) for s in samples], 0),
-        }
-        for key in samples[0].token_fields:
-            batch[key] = pad([s.token_fields[key] for s in samples], 0)
-        media_keys = {k for s in samples for k in s.media}
-        for key in sorted(media_keys):
-            batch[key] = combine_media([s.media[key] for s in samples if key in s.media])
-        return batch
+def left_pad(prompts: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded batch of prompts, without labels: generation appends on the right."""
+    return pad_batch(prompts, pad_id, left=True, labels=False)
+
+
+def pad_batch(samples: list[Encoded], pad_token_id: int, *, left: bool = False, labels: bool = True
+              ) -> dict[str, torch.Tensor]:
+    """Token fields padded to the longest sample (on the left or right), media concatenated in sample order."""
+    width = max(len(s) for s in samples)
+
+    def pad(rows, value):
+        return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r))
+                             for r in rows], dtype=torch.long)
+
+    batch = {"input_ids": pad([s.input_ids for s in samples], pad_token_id)}
+    if labels:
+        batch["labels"] = pad([s.labels for s in samples], IGNORE)
+    batch["attention_mask"] = pad([[1] * len(s) for s in samples], 0)
+    for key in samples[0].token_fields:
+        batch[key] = pad([s.token_fields[key] for s in samples], 0)
+    for key in sorted({k for s in samples for k in s.media}):
+        batch[key] = combine_media([s.media[key] for s in samples if key in s.media])
+    return batch
 
 
 def combine_media(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -169,10 +169,6 @@ def count_media(messages, kind: str) -> int:
     return sum(1 for m in messages if isinstance(m["content"], list) for p in m["content"] if p["type"] == kind)
 
 
-def count_images(messages) -> int:
-    return count_media(messages, "image")
-
-
 def text_of(content) -> str:
     if isinstance(content, str):
         return content

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -102,28 +102,6 @@ def pack(samples: list, capacity: int, *, truncation: str = "raise") -> tuple[li
     report.packs, report.samples_out = len(packs), sum(len(p) for p in packs)
     report.tokens = sum(len(s) for p in packs for s in p)
     return packs, report
-
-
-def pack_stream(samples: Iterable, capacity: int, *, buffer_size: int = 1000, truncation: str = "raise",
-                report: PackReport | None = None) -> Iterator[list]:
-    """Packs from a stream: best-fit-decreasing over a buffer of ``buffer_size`` samples at a time."""
-    report = report if report is not None else PackReport(capacity=capacity)
-    buf: list = []
-
-    def flush():
-        packs, part = pack(buf, capacity, truncation=truncation)
-        for k in ("samples_in", "samples_out", "packs", "tokens"):
-            setattr(report, k, getattr(report, k) + getattr(part, k))
-        report.skipped.update(part.skipped)
-        buf.clear()
-        return packs
-
-    for s in samples:
-        buf.append(s)
-        if len(buf) >= buffer_size:
-            yield from flush()
-    if buf:
-        yield from flush()
 
 
 def rope_index_fn(model) -> Callable | None:

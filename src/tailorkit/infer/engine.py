@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from ..data.collate import left_pad
 from ..data.encode import IGNORE, Encoded, encode_prompt
 from ..data.formats import Conversation
 from ..errors import ConfigError
@@ -91,22 +92,6 @@ def encode_request(request: Request, processor) -> Encoded:
         return encode_prompt(request.conversation, processor)
     ids = getattr(processor, "tokenizer", processor)(request.prompt)["input_ids"]
     return Encoded(input_ids=ids, labels=[IGNORE] * len(ids))
-
-
-def left_pad(prompts: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded batch of prompts (generation appends on the right)."""
-    width = max(len(p) for p in prompts)
-
-    def pad(rows, value):
-        return torch.tensor([[value] * (width - len(r)) + r for r in rows], dtype=torch.long)
-
-    batch = {"input_ids": pad([p.input_ids for p in prompts], pad_id),
-             "attention_mask": pad([[1] * len(p) for p in prompts], 0)}
-    for key in prompts[0].token_fields:
-        batch[key] = pad([p.token_fields[key] for p in prompts], 0)
-    for key in sorted({k for p in prompts for k in p.media}):
-        batch[key] = torch.cat([p.media[key] for p in prompts if key in p.media], dim=0)
-    return batch
 
 
 def held_back(text: str, stops: tuple[str, ...]) -> int:

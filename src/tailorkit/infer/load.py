@@ -11,8 +11,8 @@ import yaml
 from ..config.args import ModelArgs
 from ..config.infer import EngineArgs
 from ..errors import ConfigError
-from ..train.sft import CONFIG_FILE as RUN_CONFIG
-from ..train.sft import FINAL_DIR
+from ..run_files import CONFIG_FILE as RUN_CONFIG
+from ..run_files import FINAL_DIR
 
 _RUN_MODEL_KEYS = ("model", "model_type", "torch_dtype", "attn_impl", "trust_remote_code")
 

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import torch
 
-from .family import Family, chat_template_file
+from .family import Family, chat_template_file, patch_template
 from .text import DECODER_LORA
-from .tiny import _save, _text_config, make_tokenizer
+from .tiny import make_tokenizer, save_tiny, text_config
 
 DEEPSEEK_VL_TEMPLATE = chat_template_file("deepseek_vl")  # deepseek-community/deepseek-vl-*-chat
 EOS = "<\uff5cend\u2581of\u2581sentence\uff5c>"
 # The native template writes the end-of-sentence separator after every assistant turn except the last one,
 # so a model trained on single-turn rows never sees the token that stops it. The patch always writes it.
-DEEPSEEK_VL_PATCH = DEEPSEEK_VL_TEMPLATE.replace(
+DEEPSEEK_VL_PATCH = patch_template(DEEPSEEK_VL_TEMPLATE, (
     "{% if not loop.last or add_generation_prompt %}",
-    "{% if not loop.last or add_generation_prompt or message['role']|lower == 'assistant' %}")
+    "{% if not loop.last or add_generation_prompt or message['role']|lower == 'assistant' %}"))
 
 
 def build_deepseek_vl(out: str | Path) -> None:
@@ -27,7 +27,7 @@ def build_deepseek_vl(out: str | Path) -> None:
     bos = "<\uff5cbegin\u2581of\u2581sentence\uff5c>"
     tok = make_tokenizer([bos, EOS, "<image_placeholder>"], DEEPSEEK_VL_TEMPLATE, eos_token=EOS, pad_token=EOS,
                          bos_token=bos, extra_special_tokens={"image_token": "<image_placeholder>"})
-    text = dict(model_type="llama", **_text_config(tok, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+    text = dict(model_type="llama", **text_config(tok, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, image_size=32, patch_size=16)
     cfg = DeepseekVLConfig(text_config=text, vision_config=vision,
@@ -36,7 +36,7 @@ def build_deepseek_vl(out: str | Path) -> None:
     model = DeepseekVLForConditionalGeneration(cfg)
     processor = DeepseekVLProcessor(image_processor=DeepseekVLImageProcessor(size={"height": 32, "width": 32}),
                                     tokenizer=tok, chat_template=DEEPSEEK_VL_TEMPLATE, num_image_tokens=4)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 DEEPSEEK_VL = Family(

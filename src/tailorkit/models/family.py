@@ -49,7 +49,7 @@ class Family:
 
     def component_of(self, param_name: str) -> str:
         """The component (vision / aligner / llm / lm_head / other) that owns a parameter."""
-        name = _strip_peft(param_name)
+        name = strip_peft_prefix(param_name)
         for comp in ("aligner", "vision", "llm", "lm_head"):
             for prefix in getattr(self, comp):
                 if name == prefix or name.startswith(prefix + "."):
@@ -70,9 +70,24 @@ def chat_template_file(name: str) -> str:
     return (Path(__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
 
 
+def patch_template(template: str, *edits: tuple[str, str]) -> str:
+    """``template`` with every occurrence of each ``old`` replaced by ``new``, for ``(old, new)`` in ``edits``.
+
+    A family's template patch is data: a few edits of the native template (kept in its .jinja file), so
+    the patch shows exactly what it changes. An edit that no longer applies raises instead of leaving
+    the native template in place unnoticed.
+    """
+    for old, new in edits:
+        if old not in template:
+            raise ValueError(f"template patch does not apply: {old!r} is not in the template")
+        template = template.replace(old, new)
+    return template
+
+
 _PEFT_PREFIX = re.compile(r"^base_model\.model\.")
 
 
-def _strip_peft(name: str) -> str:
+def strip_peft_prefix(name: str) -> str:
+    """A parameter or module name as in the bare model: peft's ``base_model.model.`` and ``.base_layer.`` removed."""
     name = _PEFT_PREFIX.sub("", name)
     return name.replace(".base_layer.", ".")

@@ -8,7 +8,7 @@ import torch
 
 from .family import Family, chat_template_file
 from .text import DECODER_LORA
-from .tiny import _save, _text_config, make_tokenizer
+from .tiny import make_tokenizer, save_tiny, text_config
 
 GEMMA3_TEMPLATE = chat_template_file("gemma3")  # google/gemma-3-*-it
 
@@ -22,7 +22,7 @@ def build_gemma3(out: str | Path) -> None:
     tok = make_tokenizer(special, GEMMA3_TEMPLATE, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>",
                          unk_token="<unk>", extra_special_tokens=names)
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in names.items()}
-    text = _text_config(tok, head_dim=16, sliding_window=16, eos_token_id=tok.convert_tokens_to_ids("<end_of_turn>"),
+    text = text_config(tok, head_dim=16, sliding_window=16, eos_token_id=tok.convert_tokens_to_ids("<end_of_turn>"),
                         bos_token_id=tok.bos_token_id)
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, image_size=28, patch_size=14)
@@ -36,7 +36,7 @@ def build_gemma3(out: str | Path) -> None:
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.02)
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 28, "width": 28}),
                                 tokenizer=tok, image_seq_length=4, chat_template=GEMMA3_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 GEMMA3 = Family(

@@ -8,7 +8,7 @@ import torch
 
 from .family import Family, chat_template_file
 from .text import DECODER_LORA
-from .tiny import _save, _text_config, make_tokenizer
+from .tiny import make_tokenizer, save_tiny, text_config
 
 _COMMON = dict(auto_class="AutoModelForImageTextToText", vision=("model.vision_model",),
                aligner=("model.connector",), llm=("model.text_model",), lora_targets=DECODER_LORA,
@@ -25,13 +25,13 @@ def _tokenizer(template: str, bos: str, eos: str, pad: str):
 
 def _build(out, tok, config_cls, model_cls, processor) -> None:
     """The processor adds its row/col tokens to the tokenizer, so the config is sized after it."""
-    text = _text_config(tok, eos_token_id=tok.convert_tokens_to_ids("<end_of_utterance>"),
+    text = text_config(tok, eos_token_id=tok.convert_tokens_to_ids("<end_of_utterance>"),
                         bos_token_id=tok.bos_token_id)
     cfg = config_cls(vision_config=_VISION, text_config=dict(model_type="llama", **text), scale_factor=2,
                      image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
     cfg.eos_token_id, cfg.pad_token_id = text["eos_token_id"], text["pad_token_id"]
     torch.manual_seed(0)
-    _save(model_cls(cfg), processor, out)
+    save_tiny(model_cls(cfg), processor, out)
 
 
 def build_idefics3(out: str | Path) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from .family import Family, chat_template_file
 from .text import DECODER_LORA
-from .tiny import QWEN_SPECIAL, _save, _text_config, make_tokenizer
+from .tiny import QWEN_SPECIAL, make_tokenizer, save_tiny, text_config
 
 INTERNVL_TEMPLATE = chat_template_file("internvl")  # OpenGVLab/InternVL3-*-hf
 
@@ -24,7 +24,7 @@ def build_internvl(out: str | Path) -> None:
                          pad_token="<|endoftext|>", extra_special_tokens=names)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=[28, 28], patch_size=[14, 14])
-    cfg = InternVLConfig(vision_config=vision, text_config=dict(model_type="qwen2", **_text_config(tok)),
+    cfg = InternVLConfig(vision_config=vision, text_config=dict(model_type="qwen2", **text_config(tok)),
                          image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
                          vision_feature_layer=-1, tie_word_embeddings=False)
     torch.manual_seed(0)
@@ -33,7 +33,7 @@ def build_internvl(out: str | Path) -> None:
     processor = InternVLProcessor(image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
                                   video_processor=InternVLVideoProcessor(size=size), tokenizer=tok,
                                   image_seq_length=1, chat_template=INTERNVL_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 INTERNVL = Family(name="internvl", model_types=("internvl",), auto_class="AutoModelForImageTextToText",

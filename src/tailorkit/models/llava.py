@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from .family import Family, chat_template_file
+from .family import Family, chat_template_file, patch_template
 from .text import DECODER_LORA
-from .tiny import QWEN_SPECIAL, _save, _text_config, make_tokenizer
+from .tiny import QWEN_SPECIAL, make_tokenizer, save_tiny, text_config
 
 _COMMON = dict(auto_class="AutoModelForImageTextToText", vision=("model.vision_tower",),
                aligner=("model.multi_modal_projector",), llm=("model.language_model",),
@@ -21,9 +21,11 @@ ONEVISION_TEMPLATE = chat_template_file("llava_onevision")
 # OneVision's template writes "<|im_start|>assistant " before a reply but "<|im_start|>assistant\n" as the
 # generation prompt, and runs turns together without a newline: its prompt is not a prefix of its own
 # training text. The patch gives LLaVA-OneVision's training layout ("<|im_start|>assistant\nA<|im_end|>\n").
-ONEVISION_PATCH = ONEVISION_TEMPLATE.replace(
-    "{{'<|im_start|>' + message['role'] + ' '}}", "{{'<|im_start|>' + message['role'] + '\\n'}}").replace(
-    "{% generation %}{{ '\\n' + content['text'] }}", "{% generation %}{{ content['text'] }}").replace("{{'<|im_end|>'}}", "{{'<|im_end|>\\n'}}")
+ONEVISION_PATCH = patch_template(
+    ONEVISION_TEMPLATE,
+    ("{{'<|im_start|>' + message['role'] + ' '}}", "{{'<|im_start|>' + message['role'] + '\\n'}}"),
+    ("{% generation %}{{ '\\n' + content['text'] }}", "{% generation %}{{ content['text'] }}"),
+    ("{{'<|im_end|>'}}", "{{'<|im_end|>\\n'}}"))
 
 
 def _llama_tokenizer(template: str):
@@ -32,7 +34,7 @@ def _llama_tokenizer(template: str):
 
 
 def _llama_text(tok) -> dict:
-    return dict(model_type="llama", **_text_config(tok, eos_token_id=tok.eos_token_id,
+    return dict(model_type="llama", **text_config(tok, eos_token_id=tok.eos_token_id,
                                                    bos_token_id=tok.bos_token_id))
 
 
@@ -50,7 +52,7 @@ def build_llava(out: str | Path) -> None:
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=LLAVA_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 def build_llava_next(out: str | Path) -> None:
@@ -70,7 +72,7 @@ def build_llava_next(out: str | Path) -> None:
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 def build_llava_onevision(out: str | Path) -> None:
@@ -81,7 +83,7 @@ def build_llava_onevision(out: str | Path) -> None:
     tok = make_tokenizer(QWEN_SPECIAL + ["<image>", "<video>"], ONEVISION_TEMPLATE, eos_token="<|im_end|>",
                          pad_token="<|endoftext|>")
     cfg = LlavaOnevisionConfig(vision_config=dict(model_type="siglip_vision_model", **_TINY_VISION),
-                               text_config=dict(model_type="qwen2", **_text_config(tok)),
+                               text_config=dict(model_type="qwen2", **text_config(tok)),
                                image_token_id=tok.convert_tokens_to_ids("<image>"),
                                video_token_id=tok.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
                                vision_feature_select_strategy="full", image_grid_pinpoints=_PINPOINTS,
@@ -93,7 +95,7 @@ def build_llava_onevision(out: str | Path) -> None:
         image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=_PINPOINTS),
         video_processor=LlavaOnevisionVideoProcessor(size=size), tokenizer=tok, num_image_tokens=4,
         vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9", chat_template=ONEVISION_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 LLAVA = Family(name="llava", model_types=("llava",), build_tiny=build_llava,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .family import Family
+from .family import Family, chat_template_file
 from .text import DECODER_LORA, QWEN3_TEMPLATE
 from .tiny import QWEN_SPECIAL, make_tokenizer
 from .remote import build_remote_tiny
@@ -17,13 +17,7 @@ from .remote import build_remote_tiny
 # The published chat() writes "(<image>./</image>)\n" before the text of a message with images and renders
 # the result with the LLM's ChatML template. The patch does the same from content parts, rendering turns
 # as Qwen3's template does without tools or reasoning (see text.QWEN3_PATCH).
-MINICPMV_TEMPLATE = (
-    "{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
-    "{%- for part in content -%}{%- if part.type == 'image' -%}{{ '(<image>./</image>)\\n' }}"
-    "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}{%- endfor -%}{%- endif -%}{%- endmacro -%}"
-    "{%- for message in messages -%}{{ '<|im_start|>' + message.role + '\\n' + render(message.content) + "
-    "'<|im_end|>\\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
+MINICPMV_TEMPLATE = chat_template_file("minicpmv")
 QUERY_NUM = 4
 
 

@@ -10,21 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .family import Family
+from .family import Family, chat_template_file
 from .remote import build_remote_tiny
 from .tiny import make_tokenizer
 
 # Monkey ships no chat template; its README prompts with "<img>{path}</img> {question} Answer: ". The patch
 # renders that layout from content parts, one turn after another, closing each answer with <|endoftext|>.
-MONKEY_TEMPLATE = (
-    "{%- for message in messages -%}{%- if message.content is string -%}{%- set parts = [{'type': 'text', "
-    "'text': message.content}] -%}{%- else -%}{%- set parts = message.content -%}{%- endif -%}"
-    "{%- if message.role == 'assistant' -%}{{ ' ' }}{%- endif -%}"
-    "{%- for part in parts -%}{%- if part.type == 'image' -%}{{ '<img></img> ' }}"
-    "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}{%- endfor -%}"
-    "{%- if message.role == 'user' -%}{{ ' Answer:' }}{%- elif message.role == 'assistant' -%}"
-    "{{ '<|endoftext|>' }}{%- else -%}{{ '\\n' }}{%- endif -%}{%- endfor -%}"
-)
+MONKEY_TEMPLATE = chat_template_file("monkey")
 N_QUERIES = 4
 
 

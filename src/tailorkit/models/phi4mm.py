@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from .family import Family, chat_template_file
-from .tiny import _save, _text_config, make_tokenizer
+from .family import Family, chat_template_file, patch_template
+from .tiny import make_tokenizer, save_tiny, text_config
 
 PHI4MM_TEMPLATE = chat_template_file("phi4mm")  # microsoft/Phi-4-multimodal-instruct (native processor)
 # Same quirk as Phi-3: eos_token after the last message when no generation prompt is asked for.
-PHI4MM_PATCH = PHI4MM_TEMPLATE.replace("{% else %}{{ eos_token }}{% endif %}", "{% endif %}")
+PHI4MM_PATCH = patch_template(PHI4MM_TEMPLATE, ("{% else %}{{ eos_token }}{% endif %}", "{% endif %}"))
 _EMBED = "model.embed_tokens_extend"
 
 
@@ -27,7 +27,7 @@ def build_phi4mm(out: str | Path) -> None:
                *names.values()]
     tok = make_tokenizer(special, PHI4MM_TEMPLATE, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                          extra_special_tokens=names)
-    text = _text_config(tok, eos_token_id=tok.convert_tokens_to_ids("<|end|>"))
+    text = text_config(tok, eos_token_id=tok.convert_tokens_to_ids("<|end|>"))
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=448,
                   patch_size=14, crop_size=448, image_token_id=tok.convert_tokens_to_ids("<|image|>"))
     audio = dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=2, nemo_conv_channels=32,
@@ -39,7 +39,7 @@ def build_phi4mm(out: str | Path) -> None:
     processor = Phi4MultimodalProcessor(image_processor=image_processor,
                                         audio_processor=Phi4MultimodalFeatureExtractor(), tokenizer=tok,
                                         chat_template=PHI4MM_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 PHI4MM = Family(

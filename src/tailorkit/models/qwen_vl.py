@@ -8,7 +8,7 @@ import torch
 
 from .family import Family, chat_template_file
 from .text import DECODER_LORA
-from .tiny import QWEN2_VL_TEMPLATE, QWEN_SPECIAL, _qwen_tokenizer, _save, _text_config, build_qwen2_5_vl
+from .tiny import QWEN2_VL_TEMPLATE, QWEN_SPECIAL, build_qwen2_5_vl, qwen_tokenizer, save_tiny, text_config
 
 _COMMON = dict(
     auto_class="AutoModelForImageTextToText",
@@ -32,8 +32,8 @@ def build_qwen2_vl(out: str | Path) -> None:
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
-    tok = _qwen_tokenizer(QWEN2_VL_TEMPLATE)
-    text = _text_config(tok, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+    tok = qwen_tokenizer(QWEN2_VL_TEMPLATE)
+    text = text_config(tok, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
                                               "rope_theta": 10000.0})
     vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
     cfg = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **_vision_ids(tok))
@@ -43,7 +43,7 @@ def build_qwen2_vl(out: str | Path) -> None:
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**_PIXELS),
                                  video_processor=Qwen2VLVideoProcessor(**_PIXELS), tokenizer=tok,
                                  chat_template=QWEN2_VL_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 def build_qwen3_vl(out: str | Path) -> None:
@@ -52,8 +52,8 @@ def build_qwen3_vl(out: str | Path) -> None:
                               Qwen3VLProcessor, Qwen3VLVideoProcessor)
 
     template = chat_template_file("qwen3_vl")
-    tok = _qwen_tokenizer(template)
-    text = _text_config(tok, head_dim=16, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+    tok = qwen_tokenizer(template)
+    text = text_config(tok, head_dim=16, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
                                                            "mrope_interleaved": True, "rope_theta": 10000.0})
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
                   num_position_embeddings=16, deepstack_visual_indexes=[1])
@@ -65,7 +65,7 @@ def build_qwen3_vl(out: str | Path) -> None:
     processor = Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                  video_processor=Qwen3VLVideoProcessor(**pixels), tokenizer=tok,
                                  chat_template=template)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)
 
 
 QWEN2_5_VL = Family(name="qwen2_5_vl", model_types=("qwen2_5_vl",), build_tiny=build_qwen2_5_vl,

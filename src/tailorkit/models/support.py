@@ -1,22 +1,21 @@
-"""The model support table in docs/model_families.md, generated from the registry.
+"""The model support table (the repository's docs/model_families.md), generated from the registry.
 
-Regenerate after changing a family: ``python -m tailorkit.models.support`` (a test fails while the
-committed file differs from what the registry says).
+``python -m tailorkit.models.support`` prints it; after changing a family regenerate the committed page with
+``python -m tailorkit.models.support --output docs/model_families.md`` (a test fails while it differs).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from .family import Family
 from .registry import FAMILIES
 
-DOCS_FILE = Path(__file__).resolve().parents[3] / "docs" / "model_families.md"
-
 HEADER = """# Supported model families
 
-Generated from `tailorkit.models.registry` by `python -m tailorkit.models.support`; do not edit by hand.
+Generated from `tailorkit.models.registry` by
+`python -m tailorkit.models.support --output docs/model_families.md`; do not edit by hand.
 
 Every family below is exercised in `tests/models/test_families.py` on a tiny random build made by its
 family file (real config classes, its real processor class, a locally trained tokenizer with the
@@ -63,11 +62,18 @@ def support_table(families: dict[str, Family] = FAMILIES) -> str:
     return HEADER + head + "\n".join(_row(f) for f in families.values()) + "\n"
 
 
-def write_support_table(path: Path = DOCS_FILE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(support_table())
-    return path
+def main(argv: list[str] | None = None) -> None:
+    """Print the table, or write it to ``--output``."""
+    parser = argparse.ArgumentParser(prog="python -m tailorkit.models.support", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, help="file to write (default: print to stdout)")
+    out = parser.parse_args(argv).output
+    if out is None:
+        print(support_table(), end="")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(support_table())
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    print(f"wrote {write_support_table(Path(sys.argv[1]) if len(sys.argv) > 1 else DOCS_FILE)}")
+    main()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .family import Family, chat_template_file
-from .tiny import QWEN_SPECIAL, _save, _text_config, build_qwen2, make_tokenizer
+from .family import Family, chat_template_file, patch_template
+from .tiny import QWEN_SPECIAL, build_qwen2, make_tokenizer, save_tiny, text_config
 
 DECODER_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TEXT = dict(auto_class="AutoModelForCausalLM", llm=("model",), lora_targets=DECODER_LORA,
@@ -21,18 +21,18 @@ QWEN2 = Family(name="qwen2", model_types=("qwen2",), build_tiny=build_qwen2, mod
 # rendering of a turn depends on whether later turns follow and no prefix of a multi-turn conversation
 # is a prefix of the whole. The patch renders the think block only when there is reasoning content.
 QWEN3_TEMPLATE = chat_template_file("qwen3")
-QWEN3_PATCH = QWEN3_TEMPLATE.replace("{%- if loop.last or (not loop.last and reasoning_content) %}",
-                                     "{%- if reasoning_content %}")
+QWEN3_PATCH = patch_template(QWEN3_TEMPLATE, ("{%- if loop.last or (not loop.last and reasoning_content) %}",
+                                             "{%- if reasoning_content %}"))
 # Phi-3's template appends eos_token after the last message when no generation prompt is asked for,
 # so a conversation's prefix is not a prefix of the conversation; <|end|> already ends every reply.
 PHI3_TEMPLATE = chat_template_file("phi3")
-PHI3_PATCH = PHI3_TEMPLATE.replace("{% else %}{{ eos_token }}{% endif %}", "{% endif %}")
+PHI3_PATCH = patch_template(PHI3_TEMPLATE, ("{% else %}{{ eos_token }}{% endif %}", "{% endif %}"))
 
 
 def _build_text(out, config_cls, model_cls, tok, eos: str, **over) -> None:
-    cfg = _text_config(tok, eos_token_id=tok.convert_tokens_to_ids(eos), **over)
+    cfg = text_config(tok, eos_token_id=tok.convert_tokens_to_ids(eos), **over)
     torch.manual_seed(0)
-    _save(model_cls(config_cls(**cfg)), tok, out)
+    save_tiny(model_cls(config_cls(**cfg)), tok, out)
 
 
 def build_qwen3(out: str | Path) -> None:

@@ -1,8 +1,10 @@
-"""Deterministic tiny random models built from real transformers config classes.
+"""The toolkit family files build their tiny random models with, and the two default tiny models.
 
-They carry a locally trained byte-level BPE tokenizer with the family's special tokens and its
-real chat template, are saved with ``save_pretrained`` and load with plain ``AutoModel*`` /
-``AutoProcessor``. Tests and the demo use them because no weights can be downloaded.
+A tiny model is built from a real transformers config class, carries a locally trained byte-level BPE
+tokenizer with the family's special tokens and its real chat template, is saved with ``save_pretrained``
+and loads with plain ``AutoModel*`` / ``AutoProcessor``. Tests, benchmarks and the demo use them
+because no weights can be downloaded. Toolkit: ``make_tokenizer``, ``qwen_tokenizer``, ``text_config``
+(a 2-layer LLM config), ``save_tiny``. Default models: ``build_qwen2`` (text), ``build_qwen2_5_vl``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from .family import chat_template_file
 
 # Words the demo task and the tests use, so that they become single BPE tokens.
 _CORPUS = [
@@ -24,29 +28,8 @@ _CORPUS = [
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
 
-# Qwen2-Instruct's chat template.
-QWEN2_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-# Qwen2-VL / Qwen2.5-VL's chat template, as published with their processors.
-QWEN2_VL_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+QWEN2_TEMPLATE = chat_template_file("qwen2")  # Qwen2-Instruct
+QWEN2_VL_TEMPLATE = chat_template_file("qwen2_vl")  # Qwen2-VL / Qwen2.5-VL, as published with their processors
 
 
 def make_tokenizer(special_tokens: list[str], chat_template: str, *, vocab_size: int = 400,
@@ -68,9 +51,9 @@ def make_tokenizer(special_tokens: list[str], chat_template: str, *, vocab_size:
                                    chat_template=chat_template, model_max_length=32768, **named_tokens)
 
 
-def _qwen_tokenizer(chat_template: str):
-    tok = make_tokenizer(QWEN_SPECIAL, chat_template, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    return tok
+def qwen_tokenizer(chat_template: str):
+    """The Qwen special tokens (ChatML turns, vision markers) with ``chat_template``."""
+    return make_tokenizer(QWEN_SPECIAL, chat_template, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
 def _scale_head(model, std: float = 0.25) -> None:
@@ -83,7 +66,8 @@ def _scale_head(model, std: float = 0.25) -> None:
         model.get_output_embeddings().weight.normal_(0.0, std, generator=torch.Generator().manual_seed(0))
 
 
-def _save(model, processor, out: str | Path) -> None:
+def save_tiny(model, processor, out: str | Path) -> None:
+    """Save a tiny random model and its processor to ``out``, with a trained-looking lm_head and generation ids."""
     out = Path(out)
     _scale_head(model)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +78,8 @@ def _save(model, processor, out: str | Path) -> None:
     processor.save_pretrained(out)
 
 
-def _text_config(tok, **over) -> dict:
+def text_config(tok, **over) -> dict:
+    """Keyword arguments of a 2-layer, 64-wide decoder config sized for ``tok`` (``over`` replaces any of them)."""
     cfg = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
@@ -107,10 +92,10 @@ def build_qwen2(out: str | Path) -> None:
     """Tiny Qwen2 text model (Qwen2-Instruct chat template)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tok = _qwen_tokenizer(QWEN2_TEMPLATE)
+    tok = qwen_tokenizer(QWEN2_TEMPLATE)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**_text_config(tok)))
-    _save(model, tok, out)
+    model = Qwen2ForCausalLM(Qwen2Config(**text_config(tok)))
+    save_tiny(model, tok, out)
 
 
 def build_qwen2_5_vl(out: str | Path) -> None:
@@ -118,9 +103,9 @@ def build_qwen2_5_vl(out: str | Path) -> None:
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
-    tok = _qwen_tokenizer(QWEN2_VL_TEMPLATE)
+    tok = qwen_tokenizer(QWEN2_VL_TEMPLATE)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
-    text = _text_config(tok, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+    text = text_config(tok, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
                                               "rope_theta": 10000.0})
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                   fullatt_block_indexes=[1], window_size=56)
@@ -135,4 +120,4 @@ def build_qwen2_5_vl(out: str | Path) -> None:
         image_processor=Qwen2VLImageProcessor(**pixels),
         video_processor=Qwen2VLVideoProcessor(**pixels),
         tokenizer=tok, chat_template=QWEN2_VL_TEMPLATE)
-    _save(model, processor, out)
+    save_tiny(model, processor, out)

@@ -8,8 +8,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-LOG_FILE = "logging.jsonl"
-PLOT_FILE = "loss.png"
+from ..run_files import LOG_FILE, PLOT_FILE
+
 
 
 class ProgressCallback(TrainerCallback):

@@ -21,12 +21,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import CheckpointError, ConfigError
+from ..run_files import CONFIG_FILE, LAST, RESUME_FILE, STAGING_DIR
 
-STAGING_DIR = ".staging"
-LAST = "last"
-FINAL_DIR = "checkpoint-final"
-RESUME_FILE = "resume.json"
-CONFIG_FILE = "args.yaml"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
 # Settings that may change between a run and its resume without changing the trained weights.

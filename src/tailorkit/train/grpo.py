@@ -14,9 +14,8 @@ import warnings
 
 import torch
 
-from ..data.collate import Collator
+from ..data.collate import Collator, left_pad
 from ..data.encode import IGNORE, Encoded
-from ..infer.engine import left_pad
 from .preference import Metrics, ReferenceModel, RewardAlarm, _finish, token_logps
 from .preference_data import check_prompt_matches, prompt_encoding
 from .rewards import RewardSet

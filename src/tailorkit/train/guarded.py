@@ -11,8 +11,9 @@ from ..data.dataset import StreamingEncoded, StreamPosition
 from ..data.fingerprint import data_fingerprint
 from ..errors import ConfigError, TrainingStopped
 from .alarms import AlarmCallback
-from .callbacks import LOG_FILE, ProgressCallback
-from .checkpoint import (FINAL_DIR, CheckpointWriter, check_resume, last_checkpoint, read_stream_position,
+from ..run_files import FINAL_DIR, LOG_FILE
+from .callbacks import ProgressCallback
+from .checkpoint import (CheckpointWriter, check_resume, last_checkpoint, read_stream_position,
                          resolve_resume, write_resume_info)
 from .signals import StopOnSignal
 from .summary import RunSummary, summarize

@@ -13,7 +13,8 @@ from pathlib import Path
 from ..config.args import ModelArgs, RlhfConfig
 from ..errors import ConfigError, ModelError
 from ..models.load import ModelBundle, check_module_map, load_bundle, load_processor, resolve_dtype, resolve_family
-from ..tuners.plan import apply_tuner, count_parameters
+from ..tuners.adapters import apply_tuner
+from ..tuners.plan import count_parameters
 from ..tuners.quant import plan_load_kwargs
 from .callbacks import JsonlLogCallback, ProgressCallback, plot_loss
 from .guarded import make_guards, resume_point, train_guarded
@@ -52,7 +53,7 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
     frozen_copy = _reference_copy(cfg, bundle)
     tuner = dataclasses.replace(cfg.tuner, modules_to_save=[*cfg.tuner.modules_to_save, "score"]) \
         if r.rlhf_type == "rm" and cfg.tuner.train_type == "lora" else cfg.tuner
-    model = apply_tuner(bundle, tuner)
+    model, plan = apply_tuner(bundle, tuner)
     trainable, total = count_parameters(model)
     print(f"[tailorkit] rlhf {r.rlhf_type} on {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
@@ -74,7 +75,7 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out)
     guards = make_guards(cfg, out, resume, train_set, write_config)
-    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, guards)
+    trainer = _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, guards, plan)
     print(f"[tailorkit] world size {trainer.args.world_size}")
     final, summary = train_guarded(trainer, guards, skipped={},
                                    save_final=lambda folder: trainer.save_model(str(folder)))
@@ -163,7 +164,7 @@ def load_reward_bundle(args: ModelArgs) -> ModelBundle:
     return ModelBundle(model=model, processor=processor, family=family)
 
 
-def _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, guards):
+def _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, guards, plan):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
@@ -173,7 +174,7 @@ def _make_trainer(cfg, bundle, model, train_set, val_set, collate, algorithm, gu
     args.prediction_loss_only = True  # algorithms return a loss, not logits
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=collate, processing_class=bundle.processor, algorithm=algorithm,
-                      checkpoints=guards.writer,
+                      checkpoints=guards.writer, plan=plan,
                       callbacks=[ProgressCallback(), JsonlLogCallback(), *guards.callbacks])
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)

@@ -15,7 +15,8 @@ from ..data.dataset import EncodeReport, StreamingEncoded, encode_all, load_conv
 from ..data.validate import preflight_stream
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
-from ..tuners.plan import apply_tuner, count_parameters
+from ..tuners.adapters import apply_tuner
+from ..tuners.plan import count_parameters
 from .batching import check_batching, train_batches
 from ..tuners.quant import plan_load_kwargs
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
@@ -76,7 +77,7 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
 
     set_seed(cfg.train.seed)
     bundle = load_bundle(cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
-    model = apply_tuner(bundle, cfg.tuner)
+    model, plan = apply_tuner(bundle, cfg.tuner)
     trainable, total = count_parameters(model)
     print(f"[tailorkit] {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
@@ -99,7 +100,8 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
     train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
     trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config,
-                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer, collator=collator)
+                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer, collator=collator,
+                            plan=plan)
     final, summary = train_guarded(trainer, guards, skipped=report.skipped,
                                    save_final=lambda folder: trainer.save_model(str(folder)))
     plot = plot_loss(out)
@@ -183,7 +185,7 @@ def _deepspeed_config(value: str | None):
 
 
 def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_callbacks, checkpoints=None,
-                  collator=None):
+                  collator=None, plan=None):
     from transformers import PrinterCallback
     from transformers import ProgressCallback as HFProgress
 
@@ -195,7 +197,7 @@ def _make_trainer(cfg, bundle, model, train_set, val_set, write_config, extra_ca
                       callbacks=[ProgressCallback(), JsonlLogCallback(),
                                  *([RunFilesCallback(write_config)] if checkpoints is None else []),
                                  *extra_callbacks],
-                      checkpoints=checkpoints)
+                      checkpoints=checkpoints, plan=plan)
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
     return trainer

@@ -6,9 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..run_files import SUMMARY_FILE
 from .checkpoint import last_checkpoint, list_checkpoints
-
-SUMMARY_FILE = "run_summary.json"
 
 
 @dataclass

@@ -7,7 +7,6 @@ import os
 import transformers
 
 from ..tuners.optim import build_optimizer
-from ..tuners.plan import plan_of
 from ..tuners.runtime import adapter_penalty, plan_callbacks, save_plan_extras
 from .losses import sft_loss
 
@@ -17,7 +16,7 @@ class Trainer(transformers.Trainer):
 
     loss_is_scaled_for_ga = True  # sft_loss divides by the step's token count
 
-    def __init__(self, *args, algorithm=None, checkpoints=None, **kwargs):
+    def __init__(self, *args, algorithm=None, checkpoints=None, plan=None, **kwargs):
         super().__init__(*args, **kwargs)
         # None: the SFT loss below. Otherwise an object (train/preference.py, train/grpo.py) with
         # compute_loss(trainer, model, inputs, return_outputs) and pop_metrics(logs).
@@ -31,8 +30,8 @@ class Trainer(transformers.Trainer):
         # Make the base class count supervised tokens over the whole accumulation window for us.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
-        # A model prepared by tuners.plan.apply_tuner carries its declared plan: install its callbacks.
-        self.tuner_plan = plan_of(self.model)
+        # The plan tuners.adapters.apply_tuner applied to the model: install its callbacks.
+        self.tuner_plan = plan
         if self.tuner_plan is not None:
             for callback in plan_callbacks(self.model, self.tuner_plan, self.args.seed):
                 self.add_callback(callback)

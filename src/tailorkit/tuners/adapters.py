@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
+from ..config.args import TunerArgs
 from ..errors import ConfigError
-from ..models.family import _strip_peft
+from ..models.family import strip_peft_prefix
 from ..models.load import ModelBundle
-from .plan import Plan, component_targets, warn
+from .plan import Plan, resolve_plan, warn
 
 
 def _init_weights(value: str):
@@ -75,6 +77,12 @@ def adapter_param_names(model: torch.nn.Module) -> set[str]:
     return out
 
 
+def apply_tuner(bundle: ModelBundle, args: TunerArgs) -> tuple[torch.nn.Module, Plan]:
+    """Resolve the plan of ``args`` for the bundle's family and apply it; returns (model to train, plan)."""
+    plan = resolve_plan(args, bundle.family)
+    return apply_plan(bundle, plan), plan
+
+
 def apply_plan(bundle: ModelBundle, plan: Plan) -> torch.nn.Module:
     """Freeze / wrap / unfreeze ``bundle.model`` as ``plan`` declares; returns the model to train."""
     model, family = bundle.model, bundle.family
@@ -118,6 +126,23 @@ def _trainable_dtype(name: str, p: torch.Tensor) -> bool:
     return True
 
 
+def component_targets(model: torch.nn.Module, plan: Plan) -> str:
+    """Regex of the full module names that get the new adapter, restricted to adapter-mode components."""
+    args, family = plan.args, plan.family
+    comps = plan.adapter_components
+    if args.target_regex:
+        return args.target_regex
+    names = family.linear_leaf_names(model, comps)
+    if args.target_modules != ["all-linear"]:
+        wanted = args.target_modules
+        names = [n for n, _ in model.named_modules() if family.component_of(n) in comps
+                 and any(n == w or n.endswith("." + w) for w in wanted)]
+    if not names:
+        raise ConfigError(f"no module for the adapter in the components {comps} "
+                          f"(target_modules={args.target_modules})")
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
 def _wrap_new_adapter(model: torch.nn.Module, plan: Plan) -> torch.nn.Module:
     from peft import get_peft_model
 
@@ -134,7 +159,7 @@ def _apply_prefix_lists(model: torch.nn.Module, args) -> None:
         prefixes = getattr(args, attr)
         hit = set()
         for name, p in model.named_parameters():
-            plain = _strip_peft(name)
+            plain = strip_peft_prefix(name)
             for prefix in prefixes:
                 if plain.startswith(prefix):
                     p.requires_grad_(value and _trainable_dtype(name, p))
@@ -142,7 +167,7 @@ def _apply_prefix_lists(model: torch.nn.Module, args) -> None:
         missing = [p for p in prefixes if p not in hit]
         if missing:
             raise ConfigError(f"--{attr} {missing}: no parameter name starts with it; names look like "
-                              f"{next(iter(_strip_peft(n) for n, _ in model.named_parameters()))!r}")
+                              f"{next(iter(strip_peft_prefix(n) for n, _ in model.named_parameters()))!r}")
 
 
 def full_module_names(model: torch.nn.Module, adapter_names: set[str]) -> list[str]:
@@ -150,7 +175,7 @@ def full_module_names(model: torch.nn.Module, adapter_names: set[str]) -> list[s
     owners = []
     for name, p in model.named_parameters():
         if p.requires_grad and name not in adapter_names and ".modules_to_save." not in name:
-            owner = _strip_peft(name).rsplit(".", 1)[0]
+            owner = strip_peft_prefix(name).rsplit(".", 1)[0]
             if owner not in owners:
                 owners.append(owner)
     return owners

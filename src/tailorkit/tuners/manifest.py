@@ -10,10 +10,10 @@ from transformers import TrainerCallback
 
 from ..errors import TailorkitError
 from ..models.family import COMPONENTS
+from ..run_files import MANIFEST_FILE
 from .optim import GROUP_NAME
 from .plan import Plan
 
-MANIFEST_FILE = "trainable.json"
 
 
 class TrainabilityError(TailorkitError, RuntimeError):

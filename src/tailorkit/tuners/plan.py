@@ -1,14 +1,14 @@
-"""The declared training plan: component -> frozen / full / adapter, learning rate; resolved, applied, attached.
+"""The declared training plan: component -> frozen / full / adapter, learning rate.
 
 ``resolve_plan`` turns the ms-swift flags (``--freeze_vit`` ...) and the explicit form (``--vit full``) into
-one ``Plan`` and rejects contradictions; ``apply_tuner`` applies it to a loaded model and attaches it to the
-returned model (``PLAN_ATTR``), so that our Trainer builds the per-group optimizer, prints and saves the
+one ``Plan`` and rejects contradictions, from the config and the family alone (before any weights load).
+``tuners/adapters.apply_tuner`` applies it to a loaded model and returns the plan next to the model; the
+recipe hands both to our Trainer, which builds the per-group optimizer from it, prints and saves the
 trainability manifest and checks it after the first optimizer step (see ``tuners/runtime.py``).
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -17,9 +17,7 @@ import torch
 from ..config.args import TunerArgs
 from ..errors import ConfigError
 from ..models.family import COMPONENTS, Family
-from ..models.load import ModelBundle
 
-PLAN_ATTR = "tailorkit_plan"
 _FLAG = {"vision": ("vit", "freeze_vit"), "aligner": ("aligner", "freeze_aligner"), "llm": ("llm", "freeze_llm")}
 _DEFAULT_FROZEN = {"vision": True, "aligner": True, "llm": False}
 ADAPTER_ARGS = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules", "target_regex", "use_dora",
@@ -152,38 +150,6 @@ def _unused_arguments(plan: Plan) -> dict[str, object]:
         if value != default or (plan.train_type == "dummy" and key in ADAPTER_ARGS):
             out[key] = value
     return out
-
-
-def apply_tuner(bundle: ModelBundle, args: TunerArgs) -> torch.nn.Module:
-    """Apply the resolved plan to ``bundle.model``; returns the model to train with the plan attached."""
-    from .adapters import apply_plan
-
-    plan = resolve_plan(args, bundle.family)
-    model = apply_plan(bundle, plan)
-    setattr(model, PLAN_ATTR, plan)
-    return model
-
-
-def plan_of(model) -> Plan | None:
-    """The Plan attached by ``apply_tuner``, if any."""
-    return getattr(model, PLAN_ATTR, None)
-
-
-def component_targets(model: torch.nn.Module, plan: Plan) -> str:
-    """Regex of the full module names that get the new adapter, restricted to adapter-mode components."""
-    args, family = plan.args, plan.family
-    comps = plan.adapter_components
-    if args.target_regex:
-        return args.target_regex
-    names = family.linear_leaf_names(model, comps)
-    if args.target_modules != ["all-linear"]:
-        wanted = args.target_modules
-        names = [n for n, _ in model.named_modules() if family.component_of(n) in comps
-                 and any(n == w or n.endswith("." + w) for w in wanted)]
-    if not names:
-        raise ConfigError(f"no module for the adapter in the components {comps} "
-                          f"(target_modules={args.target_modules})")
-    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..errors import ConfigError
+from ..run_files import INITIAL_ADAPTER
 from .manifest import TrainabilityCallback
 from .plan import Plan
 
@@ -98,9 +99,6 @@ class AdaLoraCallback(TrainerCallback):
         model.base_model.update_and_allocate(state.global_step)
 
 
-INITIAL_ADAPTER = "initial_adapter"
-
-
 def mutates_base(plan: Plan) -> bool:
     """PiSSA / OLoRA / CorDA initialisation subtracts the adapter's start from the base weights."""
     init = plan.args.init_weights.lower()
@@ -175,22 +173,3 @@ def _save_shipped_adapters(model, out: Path) -> None:
         state = get_peft_model_state_dict(model, adapter_name=name)
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                   folder / "adapter_model.safetensors", metadata={"format": "pt"})
-
-
-def load_checkpoint(base_model_dir: str | Path, checkpoint: str | Path, auto_class: str, **kwargs):
-    """Reload a checkpoint the way a user would: plain transformers, plus plain peft for adapters."""
-    import transformers
-    from peft import PeftModel
-
-    auto = getattr(transformers, auto_class)
-    ckpt = Path(checkpoint)
-    if (ckpt / "adapter_config.json").is_file():
-        return PeftModel.from_pretrained(auto.from_pretrained(str(base_model_dir), **kwargs), str(ckpt))
-    shipped = sorted(p.parent for p in ckpt.glob("*/adapter_config.json"))
-    if shipped:
-        model = auto.from_pretrained(str(base_model_dir), **kwargs)
-        for folder in shipped:
-            model.load_adapter(str(folder), adapter_name=folder.name)
-        model.set_adapter([f.name for f in shipped])
-        return model
-    return auto.from_pretrained(str(ckpt), **kwargs)

@@ -1,4 +1,8 @@
-"""A load generator for the OpenAI-compatible server: concurrent clients, latency percentiles, failures."""
+"""Helpers for tests and benchmarks that ship with the package (bench/ uses them as well as tests/).
+
+A load generator for the OpenAI-compatible server (`tailorkit deploy`): concurrent clients, latency
+percentiles, failures. Nothing in the training or serving path imports this module.
+"""
 
 from __future__ import annotations
 
