@@ -13,7 +13,7 @@ import time
 import torch
 from PIL import Image
 
-from tailorkit.config.args import ModelArgs
+from tailorkit.config.train import ModelArgs
 from tailorkit.data.collate import Collator
 from tailorkit.data.encode import encode
 from tailorkit.data.formats import parse_row

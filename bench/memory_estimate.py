@@ -26,7 +26,7 @@ def measure(train_type: str, checkpointing: bool, seq: int, batch: int) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tailorkit.config.args import TrainArgs, TunerArgs
+    from tailorkit.config.train import TrainArgs, TunerArgs
     from tailorkit.models.load import ModelBundle
     from tailorkit.models.text import QWEN2
     from tailorkit.train.losses import sft_loss

@@ -38,7 +38,7 @@ def main() -> None:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from tailorkit.config.args import ModelArgs, TunerArgs
+    from tailorkit.config.train import ModelArgs, TunerArgs
     from tailorkit.demo.shapes import draw
     from tailorkit.models.load import load_bundle
     from tailorkit.models.tiny import build_qwen2_5_vl

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from tailorkit.cli import main, parse
 from tailorkit.config import SftConfig
-from tailorkit.config.args import concern_fields
+from tailorkit.config.fields import concern_fields
 from tailorkit.errors import ConfigError, TailorkitError
 
 
@@ -112,3 +114,41 @@ def test_issue_names_are_accepted():
              "weight_decay").split()
     missing = [n for n in names if n not in concern_fields(SftConfig)]
     assert not missing
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("verb,name", [("sft", "args_sft_before_issue11.yaml"),
+                                       ("rlhf", "args_grpo_before_issue11.yaml"),
+                                       ("rlhf", "args_simpo_before_issue11.yaml")])
+def test_args_yaml_written_before_the_config_split_reads_back_unchanged(verb, name):
+    # Written by the code before config/args.py became config/train.py + config/rlhf.py (RlhfArgs split into
+    # RlhfArgs, PreferenceArgs, GrpoArgs): every flat key keeps its name and meaning.
+    saved = yaml.safe_load((FIXTURES / name).read_text())
+    cfg = parse(verb, [str(FIXTURES / name)])
+    assert cfg.flat() == saved
+
+
+def test_rlhf_groups_split_the_algorithm_settings():
+    cfg = parse("rlhf", ["--rlhf_type", "grpo", "--model", "m", "--dataset", "d.jsonl", "--num_generations", "3",
+                         "--label_smoothing", "0.1", "--beta", "0.02"])
+    assert (cfg.rlhf.rlhf_type, cfg.rlhf.beta) == ("grpo", 0.02)
+    assert cfg.grpo.num_generations == 3 and cfg.preference.label_smoothing == 0.1
+    assert set(concern_fields(type(cfg))) >= {"num_generations", "label_smoothing", "rlhf_type", "ref_model"}
+
+
+def test_rlhf_help_lists_every_flag(capsys):
+    from tailorkit.config.rlhf import RlhfConfig
+
+    with pytest.raises(SystemExit):
+        main(["rlhf", "--help"])
+    text = capsys.readouterr().out
+    missing = [name for name in concern_fields(RlhfConfig) if f"--{name}" not in text]
+    assert not missing and len(concern_fields(RlhfConfig)) == 104  # 76 sft flags + 28 rlhf ones, as before the split
+
+
+@pytest.mark.parametrize("flag", ["streaming", "packing", "padding_free"])
+def test_rlhf_refuses_sft_only_batching_flags(flag):
+    with pytest.raises(ConfigError, match=f"--{flag} applies to sft and pt only"):
+        parse("rlhf", ["--model", "m", "--dataset", "d.jsonl", f"--{flag}", "true", "--max_steps", "2"])

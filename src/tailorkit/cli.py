@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config.args import concern_fields
+from .config.fields import concern_fields
 from .config.loading import aliases, base_type, build_config, read_yaml, suggest
 from .errors import TailorkitError
 
@@ -28,7 +28,7 @@ def _verbs() -> dict[str, Verb]:
     from .models.tiny_cli import TinyConfig, tiny
     from .serve.deploy import deploy
     from .train.sft import pt, sft
-    from .config.args import RlhfConfig
+    from .config.rlhf import RlhfConfig
     from .train.rlhf import rlhf
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),

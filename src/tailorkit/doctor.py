@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config.args import SftConfig, _f
+from .config.fields import arg
+from .config.train import SftConfig
 from .data.validate import DataCheck, check_data, save_histogram, text_histogram
 from .errors import DataError
 from .train.memory import MemoryEstimate, estimate_memory
@@ -18,9 +19,9 @@ from .train.memory import MemoryEstimate, estimate_memory
 
 @dataclass
 class DoctorArgs:
-    doctor_plot: str | None = _f(None, "where the PNG histogram of encoded lengths goes "
+    doctor_plot: str | None = arg(None, "where the PNG histogram of encoded lengths goes "
                                  "(default: <output_dir>/doctor/lengths.png)")
-    doctor_max_errors: int = _f(50, "most broken rows listed in the report")
+    doctor_max_errors: int = arg(50, "most broken rows listed in the report")
 
 
 @dataclass

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from tailorkit.cli import main, parse
-from tailorkit.config.args import SftConfig
+from tailorkit.config.train import SftConfig
 from tailorkit.data.encode import encode
 from tailorkit.data.dataset import load_conversations
 from tailorkit.errors import DataError

@@ -11,7 +11,7 @@ import yaml
 
 from tailorkit.cli import main, parse
 from tailorkit.config import build_config
-from tailorkit.config.args import ModelArgs
+from tailorkit.config.train import ModelArgs
 from tailorkit.config.infer import EngineArgs, InferConfig
 from tailorkit.errors import ConfigError
 from tailorkit.infer.engine import GenerationSettings, Request

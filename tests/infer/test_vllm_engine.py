@@ -106,7 +106,7 @@ def test_generate_batch_hands_vllm_our_inputs_params_and_adapter(processor, monk
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (pip install vllm)")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM generation needs a CUDA GPU")
 def test_vllm_greedy_replies_match_transformers(tiny_vl_dir, tiny_vl_adapters):
-    from tailorkit.config.args import ModelArgs
+    from tailorkit.config.train import ModelArgs
     from tailorkit.config.infer import EngineArgs
     from tailorkit.infer.load import build_engine
 

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from tailorkit.config.args import DataArgs, ModelArgs, SftConfig, TrainArgs, TunerArgs
+from tailorkit.config.train import DataArgs, ModelArgs, SftConfig, TrainArgs, TunerArgs
 from tailorkit.data.encode import IGNORE, encode, encode_prompt
 from tailorkit.data.formats import Conversation, parse_row
 from tailorkit.models.load import ModelBundle, load_bundle

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tailorkit.config.args import ModelArgs
+from tailorkit.config.train import ModelArgs
 from tailorkit.data.encode import encode_prompt
 from tailorkit.data.formats import Conversation
 from tailorkit.errors import ConfigError

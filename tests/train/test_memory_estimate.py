@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from tailorkit.config.args import ModelArgs, TrainArgs, TunerArgs
+from tailorkit.config.train import ModelArgs, TrainArgs, TunerArgs
 from tailorkit.models.load import load_bundle
 from tailorkit.models.registry import family_for_config
 from tailorkit.train.memory import estimate_memory

@@ -12,7 +12,7 @@ import torch
 from tailorkit.cli import parse
 from tailorkit.data.collate import Collator
 from tailorkit.models.load import load_bundle
-from tailorkit.config.args import ModelArgs
+from tailorkit.config.train import ModelArgs
 from tailorkit.train.preference import token_logps
 from tailorkit.train.preference_data import PreferencePair, encode_items, load_rows, parse_preference_row
 from tailorkit.train.rlhf import rlhf

@@ -60,13 +60,13 @@ def test_prompt_rows_drop_the_reply_and_keep_columns():
 def test_rlhf_config_from_ms_swift_flags():
     cfg = parse("rlhf", ["--rlhf_type", "dpo", "--model", "m", "--dataset", "d.jsonl", "--beta", "0.2",
                          "--loss_type", "ipo", "--rpo_alpha", "0.5", "--lora_rank", "32"])
-    assert (cfg.rlhf.beta, cfg.rlhf.loss_type, cfg.rlhf.rpo_alpha, cfg.tuner.lora_rank) == (0.2, "ipo", 0.5, 32)
+    assert (cfg.rlhf.beta, cfg.rlhf.loss_type, cfg.preference.rpo_alpha, cfg.tuner.lora_rank) == (0.2, "ipo", 0.5, 32)
     simpo = parse("rlhf", ["--rlhf_type", "simpo", "--model", "m", "--dataset", "d.jsonl"])
-    assert (simpo.rlhf.beta, simpo.rlhf.loss_type, simpo.rlhf.cpo_alpha) == (2.0, "simpo", 0.0)
+    assert (simpo.rlhf.beta, simpo.rlhf.loss_type, simpo.preference.cpo_alpha) == (2.0, "simpo", 0.0)
     grpo = parse("rlhf", ["--rlhf_type", "grpo", "--model", "m", "--dataset", "d.jsonl"])
     assert (grpo.rlhf.beta, grpo.rlhf.loss_type) == (0.04, "grpo")
     assert "rlhf_type" in grpo.flat() and grpo.flat()["num_generations"] == 4
-    from tailorkit.config.args import RlhfConfig
+    from tailorkit.config.rlhf import RlhfConfig
     from tailorkit.config.loading import build_config
     assert build_config(RlhfConfig, cfg.flat()).flat() == cfg.flat()  # args.yaml feeds back unchanged
     with pytest.raises(ConfigError, match="loss_type 'dapo' does not apply to rlhf_type dpo"):

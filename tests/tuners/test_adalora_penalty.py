@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, TrainingArguments
 
-from tailorkit.config.args import ModelArgs, TunerArgs
+from tailorkit.config.train import ModelArgs, TunerArgs
 from tailorkit.models.load import load_bundle
 from tailorkit.train.losses import sft_loss
 from tailorkit.train.trainer import Trainer

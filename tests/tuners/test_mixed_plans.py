@@ -104,7 +104,7 @@ def test_lora_prefix_lists_are_saved(tiny_vl_dir, vl_data, tmp_path):
 
 
 def test_new_lora_on_shipped_adapters_warns(shipped_model, vl_data, tmp_path):
-    from tailorkit.config.args import ModelArgs, TunerArgs
+    from tailorkit.config.train import ModelArgs, TunerArgs
     from tailorkit.models.load import load_bundle
     from tailorkit.tuners.adapters import apply_tuner
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tailorkit.cli import parse
-from tailorkit.config.args import ModelArgs, TunerArgs
+from tailorkit.config.train import ModelArgs, TunerArgs
 from tailorkit.errors import ConfigError
 from tailorkit.models.qwen_vl import QWEN2_5_VL
 from tailorkit.models.text import QWEN2

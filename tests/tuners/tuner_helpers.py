@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tailorkit.config.args import SftConfig
+from tailorkit.config.train import SftConfig
 from tailorkit.config.loading import build_config
 from tailorkit.demo.shapes import draw
 from tailorkit.models.family import strip_peft_prefix

@@ -1,6 +1,6 @@
 """Typed configs and their loading from YAML and the command line."""
 
-from .args import DataArgs, ModelArgs, SftConfig, TrainArgs, TunerArgs
+from .train import DataArgs, ModelArgs, SftConfig, TrainArgs, TunerArgs
 from .loading import build_config, flatten_layout, read_yaml
 
 __all__ = ["DataArgs", "ModelArgs", "SftConfig", "TrainArgs", "TunerArgs", "build_config", "flatten_layout",

@@ -6,24 +6,25 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from .args import ModelArgs, _f
+from .fields import arg
+from .train import ModelArgs
 
 BACKENDS = ("transformers", "vllm", "sglang", "lmdeploy")
 
 
 @dataclass
 class EngineArgs:
-    infer_backend: str = _f("transformers", "inference engine: transformers or vllm (sglang and lmdeploy are "
+    infer_backend: str = arg("transformers", "inference engine: transformers or vllm (sglang and lmdeploy are "
                             "not available in this version)", choices=BACKENDS)
-    adapters: list[str] = _f([], "LoRA checkpoints: 'path' or 'name=path'; infer applies all of them together, "
+    adapters: list[str] = arg([], "LoRA checkpoints: 'path' or 'name=path'; infer applies all of them together, "
                              "deploy serves each under its name")
-    ckpt_dir: str | None = _f(None, "a training run's checkpoint (or output) folder: its args.yaml gives the base "
+    ckpt_dir: str | None = arg(None, "a training run's checkpoint (or output) folder: its args.yaml gives the base "
                               "model, its processor and chat template are used")
-    max_batch_size: int = _f(16, "most prompts generated together in one batch")
-    vllm_gpu_memory_utilization: float = _f(0.9, "vllm: fraction of GPU memory vLLM may take")
-    vllm_max_model_len: int | None = _f(None, "vllm: longest prompt + reply in tokens (default: the model's)")
-    vllm_max_lora_rank: int = _f(64, "vllm: largest LoRA rank among --adapters")
-    vllm_limit_mm_per_prompt: dict = _f({}, 'vllm: JSON of the most media items per prompt, e.g. {"image": 4}')
+    max_batch_size: int = arg(16, "most prompts generated together in one batch")
+    vllm_gpu_memory_utilization: float = arg(0.9, "vllm: fraction of GPU memory vLLM may take")
+    vllm_max_model_len: int | None = arg(None, "vllm: longest prompt + reply in tokens (default: the model's)")
+    vllm_max_lora_rank: int = arg(64, "vllm: largest LoRA rank among --adapters")
+    vllm_limit_mm_per_prompt: dict = arg({}, 'vllm: JSON of the most media items per prompt, e.g. {"image": 4}')
 
     def __post_init__(self):
         if isinstance(self.vllm_limit_mm_per_prompt, str):
@@ -39,13 +40,13 @@ class EngineArgs:
 
 @dataclass
 class GenerationArgs:
-    max_new_tokens: int = _f(512, "longest reply in tokens", aliases=("max_tokens",))
-    temperature: float = _f(0.0, "sampling temperature; 0 is greedy decoding")
-    top_p: float = _f(1.0, "nucleus sampling: keep the smallest token set with this probability mass")
-    top_k: int = _f(0, "sample among the k likeliest tokens (0: no limit)")
-    repetition_penalty: float = _f(1.0, "penalty on tokens already present (1.0: none)")
-    seed: int | None = _f(None, "random seed for sampling")
-    stop: list[str] = _f([], "strings that end the reply (not included in it)", aliases=("stop_words",))
+    max_new_tokens: int = arg(512, "longest reply in tokens", aliases=("max_tokens",))
+    temperature: float = arg(0.0, "sampling temperature; 0 is greedy decoding")
+    top_p: float = arg(1.0, "nucleus sampling: keep the smallest token set with this probability mass")
+    top_k: int = arg(0, "sample among the k likeliest tokens (0: no limit)")
+    repetition_penalty: float = arg(1.0, "penalty on tokens already present (1.0: none)")
+    seed: int | None = arg(None, "random seed for sampling")
+    stop: list[str] = arg([], "strings that end the reply (not included in it)", aliases=("stop_words",))
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -56,27 +57,27 @@ class GenerationArgs:
 
 @dataclass
 class InferArgs:
-    val_dataset: list[str] = _f([], "dataset mode: rows to answer (the last assistant message, if any, is the "
+    val_dataset: list[str] = arg([], "dataset mode: rows to answer (the last assistant message, if any, is the "
                                 "reference); without it infer is an interactive chat")
-    system: str | None = _f(None, "system prompt for conversations that have none (default: the run's)")
-    result_path: str | None = _f(None, "dataset mode: jsonl to write (default: infer_result/<time>.jsonl, inside "
+    system: str | None = arg(None, "system prompt for conversations that have none (default: the run's)")
+    result_path: str | None = arg(None, "dataset mode: jsonl to write (default: infer_result/<time>.jsonl, inside "
                                  "--ckpt_dir when given)")
-    stream: bool = _f(True, "interactive mode: print the reply as it is generated")
+    stream: bool = arg(True, "interactive mode: print the reply as it is generated")
 
 
 @dataclass
 class DeployArgs:
-    host: str = _f("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
-    port: int = _f(8000, "port to listen on (0: any free port)")
-    api_key: str | None = _f(None, "when set, every endpoint requires 'Authorization: Bearer <key>'")
-    served_model_name: str | None = _f(None, "name of the base model in the API (default: the model folder name)")
-    allow_remote_media: bool = _f(False, "let requests give http(s) image URLs that the server then fetches")
-    media_root: str | None = _f(None, "folder from which requests may name server-local image files "
+    host: str = arg("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
+    port: int = arg(8000, "port to listen on (0: any free port)")
+    api_key: str | None = arg(None, "when set, every endpoint requires 'Authorization: Bearer <key>'")
+    served_model_name: str | None = arg(None, "name of the base model in the API (default: the model folder name)")
+    allow_remote_media: bool = arg(False, "let requests give http(s) image URLs that the server then fetches")
+    media_root: str | None = arg(None, "folder from which requests may name server-local image files "
                                 "(default: none allowed)")
-    max_request_bytes: int = _f(20 * 1024 * 1024, "largest request body accepted (larger: 413)")
-    max_tokens_limit: int = _f(2048, "largest max_tokens a request may ask for")
-    max_remote_media_bytes: int = _f(20 * 1024 * 1024, "largest image fetched from a URL")
-    batch_wait_ms: float = _f(5.0, "how long the batching queue waits for more requests before generating")
+    max_request_bytes: int = arg(20 * 1024 * 1024, "largest request body accepted (larger: 413)")
+    max_tokens_limit: int = arg(2048, "largest max_tokens a request may ask for")
+    max_remote_media_bytes: int = arg(20 * 1024 * 1024, "largest image fetched from a URL")
+    batch_wait_ms: float = arg(5.0, "how long the batching queue waits for more requests before generating")
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from .args import concern_fields
+from .fields import concern_fields
 
 # Keys users copy from other tools that we cannot apply, with the reason and what to do instead.
 REJECTED = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config.args import ModelArgs
+from ..config.train import ModelArgs
 from ..config.infer import EngineArgs
 from ..errors import ConfigError
 from ..run_files import CONFIG_FILE as RUN_CONFIG

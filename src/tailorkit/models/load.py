@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.args import ModelArgs
+from ..config.train import ModelArgs
 from ..errors import ModelError
 from .family import Family
 from .media_budget import apply_media_budget

@@ -7,7 +7,7 @@ inference. A setting the processor cannot honour is an error, never silently ign
 
 from __future__ import annotations
 
-from ..config.args import ModelArgs
+from ..config.train import ModelArgs
 from ..errors import ConfigError
 
 

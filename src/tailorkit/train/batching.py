@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config.args import SftConfig
+from ..config.train import SftConfig
 from ..data.collate import Collator
 from ..data.encode import Encoded
 from ..data.packing import FlatCollator, PackReport, pack, to_segments

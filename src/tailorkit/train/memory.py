@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config.args import TrainArgs, TunerArgs
+from ..config.train import TrainArgs, TunerArgs
 from ..models.family import Family
 from ..tuners.plan import trained_components
 

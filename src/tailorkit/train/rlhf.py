@@ -10,7 +10,8 @@ import copy
 import dataclasses
 from pathlib import Path
 
-from ..config.args import ModelArgs, RlhfConfig
+from ..config.rlhf import RlhfConfig
+from ..config.train import ModelArgs
 from ..errors import ConfigError, ModelError
 from ..models.load import ModelBundle, check_module_map, load_bundle, load_processor, resolve_dtype, resolve_family
 from ..tuners.adapters import apply_tuner
@@ -62,7 +63,7 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
         train_set, val_set, collate = train_items, [], prompt_collate
     else:
         train_set, val_set, collate = _encode(cfg, bundle, train_items, val_items)
-        if r.precompute_ref_log_probs:
+        if cfg.preference.precompute_ref_log_probs:
             precompute_reference(train_set + val_set, collate, model, batch_size=cfg.train.per_device_eval_batch_size)
             print(f"[tailorkit] reference log-probs precomputed for {len(train_set) + len(val_set)} samples")
     if not train_set:
@@ -103,7 +104,7 @@ def _reference_copy(cfg: RlhfConfig, bundle: ModelBundle):
     """The reference model when one must be held: --ref_model, or a frozen copy for full training."""
     r = cfg.rlhf
     needs_ref = r.rlhf_type in ("dpo", "kto") or (r.rlhf_type == "grpo" and r.beta != 0.0)
-    if not needs_ref or r.precompute_ref_log_probs:
+    if not needs_ref or cfg.preference.precompute_ref_log_probs:
         return None
     if r.ref_model:
         return load_bundle(ModelArgs(model=r.ref_model, torch_dtype=cfg.model.torch_dtype,
@@ -118,27 +119,27 @@ def make_algorithm(cfg: RlhfConfig, bundle: ModelBundle, reference: ReferenceMod
     """The algorithm object for ``cfg.rlhf.rlhf_type`` (a registry of the seven types)."""
     r = cfg.rlhf
     if r.rlhf_type == "dpo":
-        return DpoAlgorithm(beta=r.beta, loss_type=r.loss_type, label_smoothing=r.label_smoothing,
-                            rpo_alpha=r.rpo_alpha, reference=reference, alarm_steps=r.reward_alarm_steps)
+        return DpoAlgorithm(beta=r.beta, loss_type=r.loss_type, label_smoothing=cfg.preference.label_smoothing,
+                            rpo_alpha=cfg.preference.rpo_alpha, reference=reference, alarm_steps=r.reward_alarm_steps)
     if r.rlhf_type in ("orpo", "simpo", "cpo"):
         return ReferenceFreeAlgorithm(r.rlhf_type, beta=r.beta, loss_type=r.loss_type or "sigmoid",
-                                      label_smoothing=r.label_smoothing, simpo_gamma=r.simpo_gamma,
-                                      cpo_alpha=r.cpo_alpha)
+                                      label_smoothing=cfg.preference.label_smoothing, simpo_gamma=cfg.preference.simpo_gamma,
+                                      cpo_alpha=cfg.preference.cpo_alpha)
     if r.rlhf_type == "kto":
-        return KtoAlgorithm(beta=r.beta, desirable_weight=r.desirable_weight,
-                            undesirable_weight=r.undesirable_weight, reference=reference,
+        return KtoAlgorithm(beta=r.beta, desirable_weight=cfg.preference.desirable_weight,
+                            undesirable_weight=cfg.preference.undesirable_weight, reference=reference,
                             alarm_steps=r.reward_alarm_steps)
     if r.rlhf_type == "rm":
-        return RewardModelAlgorithm(center_rewards_coefficient=r.center_rewards_coefficient,
+        return RewardModelAlgorithm(center_rewards_coefficient=cfg.preference.center_rewards_coefficient,
                                     alarm_steps=r.reward_alarm_steps)
-    rewards = build_rewards(r.reward_funcs, r.reward_weights, r.external_plugins, format_pattern=r.format_pattern,
-                            max_completion_length=r.max_completion_length, soft_cache_length=r.soft_cache_length)
-    return GrpoAlgorithm(bundle.processor, rewards, num_generations=r.num_generations,
-                         max_completion_length=r.max_completion_length, temperature=r.temperature, top_p=r.top_p,
-                         top_k=r.top_k, beta=r.beta, epsilon=r.epsilon, epsilon_high=r.epsilon_high,
-                         loss_type=r.loss_type, importance_sampling_level=r.importance_sampling_level,
-                         scale_rewards=r.scale_rewards, reference=reference,
-                         alarms=RolloutAlarms(r.reward_alarm_steps, r.kl_alarm))
+    rewards = build_rewards(cfg.grpo.reward_funcs, cfg.grpo.reward_weights, cfg.grpo.external_plugins, format_pattern=cfg.grpo.format_pattern,
+                            max_completion_length=cfg.grpo.max_completion_length, soft_cache_length=cfg.grpo.soft_cache_length)
+    return GrpoAlgorithm(bundle.processor, rewards, num_generations=cfg.grpo.num_generations,
+                         max_completion_length=cfg.grpo.max_completion_length, temperature=cfg.grpo.temperature, top_p=cfg.grpo.top_p,
+                         top_k=cfg.grpo.top_k, beta=r.beta, epsilon=cfg.grpo.epsilon, epsilon_high=cfg.grpo.epsilon_high,
+                         loss_type=r.loss_type, importance_sampling_level=cfg.grpo.importance_sampling_level,
+                         scale_rewards=cfg.grpo.scale_rewards, reference=reference,
+                         alarms=RolloutAlarms(r.reward_alarm_steps, cfg.grpo.kl_alarm))
 
 
 def load_reward_bundle(args: ModelArgs) -> ModelBundle:

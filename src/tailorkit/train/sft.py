@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config.args import SftConfig
+from ..config.train import SftConfig
 from ..data.collate import Collator
 from ..data.dataset import EncodeReport, StreamingEncoded, encode_all, load_conversations, load_text_samples
 from ..data.validate import preflight_stream

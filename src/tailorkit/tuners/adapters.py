@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.args import TunerArgs
+from ..config.train import TunerArgs
 from ..errors import ConfigError
 from ..models.family import strip_peft_prefix
 from ..models.load import ModelBundle

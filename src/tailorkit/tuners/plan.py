@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config.args import TunerArgs
+from ..config.train import TunerArgs
 from ..errors import ConfigError
 from ..models.family import COMPONENTS, Family
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..config.args import ModelArgs, TunerArgs
+from ..config.train import ModelArgs, TunerArgs
 from ..errors import ConfigError
 from .plan import Plan, resolve_plan
 
