@@ -48,38 +48,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_once(cfg, *, t0: float, stock_attention: bool = False, text: bool = False) -> dict:
-    """Load, encode, batch and train ``cfg`` the way ``tailorkit sft`` does; return the measurements."""
+def train_once(cfg, *, t0: float, stock_attention: bool = False) -> dict:
+    """Prepare ``cfg`` as ``tailorkit sft`` does (the recipe), train it (no final save); return the measurements."""
     import tempfile
     from pathlib import Path
 
-    from tailorkit.data.dataset import encode_all, load_conversations
-    from tailorkit.models.load import load_bundle
-    from tailorkit.train.batching import train_batches
-    from tailorkit.train.sft import _config_writer, _make_trainer
-    from tailorkit.tuners.adapters import apply_tuner
-    from transformers import set_seed
+    from tailorkit.train.recipe import prepare
 
-    set_seed(cfg.train.seed)
-    items = load_conversations(cfg.data.dataset)
-    bundle = load_bundle(cfg.model)
-    model, plan = apply_tuner(bundle, cfg.tuner)
-    encoded, _ = encode_all(items, bundle.processor, max_length=cfg.data.max_length,
-                            truncation=cfg.data.truncation_strategy)
-    train_set, collator, _ = train_batches(cfg, bundle.model, encoded, bundle.tokenizer.pad_token_id)
-    if stock_attention:
-        bundle.model.set_attn_implementation("sdpa")
-    counting = CountingCollator(collator)
     cfg.train.output_dir = tempfile.mkdtemp(prefix="tailorkit-bench-")
     timer = Timer(t0)
-    trainer = _make_trainer(cfg, bundle, model, train_set, [], _config_writer(cfg), [timer], collator=counting, plan=plan)
-    trainer.train()
+    run = prepare(cfg, "sft", callbacks=[timer])
+    if stock_attention:
+        run.bundle.model.set_attn_implementation("sdpa")
+    counting = CountingCollator(run.trainer.data_collator)
+    run.trainer.data_collator = counting  # counts the tokens of every batch the trainer builds
+    run.trainer.train()
     seconds = timer.end - timer.start
-    lengths = sorted(len(e) for e in encoded)
+    samples = [s for x in run.train_set for s in (x if isinstance(x, list) else [x])]  # packs hold samples
+    lengths = sorted(len(e) for e in samples)
     return {"tokens_per_s": counting.real / seconds, "samples_per_s": counting.samples / seconds,
             "padding_fraction": 1 - counting.real / max(counting.slots, 1), "train_s": seconds,
             "time_to_first_step_s": timer.first_step, "peak_rss_mib": peak_rss_mib(), "tokens": counting.real,
-            "samples": counting.samples, "steps": trainer.state.global_step,
+            "samples": counting.samples, "steps": run.trainer.state.global_step,
             "length_min_median_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
             "output_dir": str(Path(cfg.train.output_dir))}
 

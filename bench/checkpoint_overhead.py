@@ -28,7 +28,7 @@ def main() -> None:
 
     from tailorkit.cli import parse
     from tailorkit.models.tiny import build_qwen2
-    from tailorkit.train import sft as recipe
+    from tailorkit.train.sft import sft
     from tailorkit.train.alarms import AlarmCallback
     from tailorkit.train.checkpoint import CheckpointWriter
 
@@ -41,21 +41,21 @@ def main() -> None:
                                                       {"role": "assistant", "content": str(2 * i)}]}) + "\n"
                             for i in range(32)))
     steps = 4
-    result = recipe.sft(parse("sft", ["--model", model, "--dataset", str(data), "--output_dir", str(tmp / "out"),
+    result = sft(parse("sft", ["--model", model, "--dataset", str(data), "--output_dir", str(tmp / "out"),
                                       "--max_steps", str(steps), "--save_strategy", "no", "--logging_steps", "1",
                                       "--train_type", a.train_type, "--torch_dtype", "float32",
                                       "--max_length", "128"]))
     step_s = result.log_history[-1]["train_runtime"] / steps
 
-    trainer = _trainer_of(recipe, result, data, tmp, a.train_type, model)
+    trainer = _trainer_of(data, tmp, a.train_type, model)
     plain, atomic = [], []
     for i in range(a.repeats):
         trainer.args.output_dir = str(tmp / f"plain{i}")
-        trainer.checkpoints = None
+        trainer.hooks.checkpoints = None
         t = time.perf_counter()
         trainer._save_checkpoint(trainer.model, None)
         plain.append(time.perf_counter() - t)
-        trainer.checkpoints = CheckpointWriter(tmp / f"atomic{i}", None, None)
+        trainer.hooks.checkpoints = CheckpointWriter(tmp / f"atomic{i}", None, None)
         t = time.perf_counter()
         trainer._save_checkpoint(trainer.model, None)
         atomic.append(time.perf_counter() - t)
@@ -81,16 +81,15 @@ def main() -> None:
           f"({100 * statistics.median(alarm) / step_s:.2f}%)")
 
 
-def _trainer_of(recipe, result, data, tmp, train_type, model):
-    """A trainer over the trained model with an optimizer state, ready to save."""
+def _trainer_of(data, tmp, train_type, model):
+    """A trainer of the recipe, trained one step (so it has an optimizer state), ready to save."""
     from tailorkit.cli import parse
-    from tailorkit.data.dataset import encode_all, load_conversations
+    from tailorkit.train.recipe import prepare
 
     cfg = parse("sft", ["--model", model, "--dataset", str(data), "--output_dir", str(tmp / "b"), "--max_steps", "1",
-                        "--save_strategy", "no", "--train_type", train_type, "--torch_dtype", "float32"])
-    train_set, _ = encode_all(load_conversations([str(data)]), result.bundle.processor, max_length=128,
-                              truncation="raise")
-    trainer = recipe._make_trainer(cfg, result.bundle, result.model, train_set, [], lambda folder: None, [])
+                        "--save_strategy", "no", "--train_type", train_type, "--torch_dtype", "float32",
+                        "--max_length", "128"])
+    trainer = prepare(cfg, "sft").trainer
     trainer.train()
     return trainer
 

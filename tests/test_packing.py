@@ -90,11 +90,11 @@ def test_packing_flags_parse_and_conflict_with_group_by_length():
 
 
 def test_group_by_length_sampler_groups_our_encoded_samples():
-    from tailorkit.train.trainer import _length_grouped
+    from tailorkit.train.trainer import length_grouped
 
     rng = random.Random(2)
     samples = [_enc(rng.randint(1, 300)) for _ in range(64)]
-    order = list(_length_grouped(samples, 4))
+    order = list(length_grouped(samples, 4))
     assert sorted(order) == list(range(64))
     assert len(samples[order[0]]) == max(len(s) for s in samples)  # HF puts the longest batch first
     batches = [order[i:i + 4] for i in range(0, 64, 4)]

@@ -142,12 +142,12 @@ def test_qwen2_5_vl_packed_with_images_equals_one_by_one(tiny_vl_dir, mode):
 
 def _trainer_step(cfg, model, items, collator, tmp_path):
     """Loss and gradients of one optimizer step through our Trainer (batch counting, GA scaling)."""
-    from tailorkit.train.sft import training_arguments
-    from tailorkit.train.trainer import Trainer
+    from tailorkit.train.algorithm import SftAlgorithm
+    from tailorkit.train.trainer import Trainer, training_arguments
 
     cfg.train.output_dir = str(tmp_path)
     trainer = Trainer(model=model, args=training_arguments(cfg, False), train_dataset=items,
-                      data_collator=collator)
+                      data_collator=collator, algorithm=SftAlgorithm())
     ga = cfg.train.gradient_accumulation_steps
     trainer.current_gradient_accumulation_steps = ga
     batches, num_items = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), ga, trainer.args.device)

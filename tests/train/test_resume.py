@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from tailorkit.cli import parse
 from tailorkit.data.dataset import encode_all, load_conversations
 from tailorkit.errors import CheckpointError, ConfigError
-from tailorkit.train.checkpoint import LAST, STAGING_DIR, last_checkpoint, rotate
+from tailorkit.run_files import LAST, STAGING_DIR
+from tailorkit.train.checkpoint import last_checkpoint, rotate
 from tailorkit.train.sft import sft
 from tailorkit.train.trainer import Trainer
 

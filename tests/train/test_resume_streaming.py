@@ -14,7 +14,7 @@ import tailorkit.data.dataset as dataset_module
 from tailorkit.cli import parse
 from tailorkit.data.dataset import StreamingEncoded
 from tailorkit.errors import ConfigError
-from tailorkit.train.checkpoint import RESUME_FILE
+from tailorkit.run_files import RESUME_FILE
 from tailorkit.train.sft import sft
 
 LONG = "a very long question " * 20  # over --max_length: deleted, yet a row the position counts

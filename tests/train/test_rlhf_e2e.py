@@ -14,7 +14,8 @@ from tailorkit.data.collate import Collator
 from tailorkit.models.load import load_bundle
 from tailorkit.config.train import ModelArgs
 from tailorkit.train.preference import token_logps
-from tailorkit.train.preference_data import PreferencePair, encode_items, load_rows, parse_preference_row
+from tailorkit.data.dataset import encode_all
+from tailorkit.data.preference import PreferencePair, encode_pair, load_rows, parse_preference_row
 from tailorkit.train.rlhf import rlhf
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
@@ -65,7 +66,7 @@ def test_dpo_vl_lora_margin_rises_and_reference_is_unchanged(tiny_vl_dir, tmp_pa
     bundle = load_bundle(ModelArgs(model=str(tiny_vl_dir), torch_dtype="float32"))
     pairs = load_rows([data], parse_preference_row)[:4]
     assert all(isinstance(p, PreferencePair) for p in pairs)
-    encoded, _ = encode_items(pairs, bundle.processor, max_length=512, truncation="raise")
+    encoded, _ = encode_all(pairs, bundle.processor, max_length=512, truncation="raise", encode_item=encode_pair)
     batch = Collator(bundle.tokenizer.pad_token_id)([e.chosen for e in encoded])
     model = result.model.eval()
     with torch.no_grad():
@@ -114,7 +115,7 @@ def test_reward_model_accuracy_rises_above_90_percent(tiny_text_dir, tmp_path):
                                                                    "no"))], parse_preference_row)
 
     def accuracy(model, tok):
-        encoded, _ = encode_items(held_out, tok, max_length=256, truncation="raise")
+        encoded, _ = encode_all(held_out, tok, max_length=256, truncation="raise", encode_item=encode_pair)
         batch = Collator(tok.pad_token_id)([e.chosen for e in encoded] + [e.rejected for e in encoded])
         with torch.no_grad():
             scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)

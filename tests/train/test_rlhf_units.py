@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from tailorkit.cli import parse
+from tailorkit.data.encode import encode_prompt
+from tailorkit.data.preference import (EncodedPrompt, check_prompt_matches, load_rows, parse_kto_row,
+                                       parse_preference_row, parse_prompt_row)
 from tailorkit.errors import ConfigError, DataError
 from tailorkit.train import grpo as grpo_module
 from tailorkit.train.grpo import RewardAlarm, RolloutAlarms, group_advantages
-from tailorkit.train.preference_data import (PromptSample, check_prompt_matches, load_rows, parse_kto_row,
-                                             parse_preference_row, parse_prompt_row)
 from tailorkit.train.rewards import accuracy, build_rewards, make_format, make_soft_overlong
 
 USER = {"role": "user", "content": "What colour is it?"}
@@ -129,12 +130,12 @@ def test_alarms_fire_for_constant_rewards_and_kl():
         "every advantage is zero this step: the policy gets no gradient from the rewards"]
 
 
-def test_rollout_prompt_must_equal_training_encoding(tiny_text_dir, monkeypatch):
+def test_rollout_prompt_must_equal_training_encoding(tiny_text_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_text_dir)
     sample = parse_prompt_row({"messages": [USER]})
-    good = grpo_module.prompt_encoding(sample, tok).input_ids
+    good = encode_prompt(sample.conv, tok).input_ids
     check_prompt_matches(sample, good, "red", tok)  # passes
     with pytest.raises(DataError, match="rollout prompt .* differs from the training encoding"):
         check_prompt_matches(sample, good[1:], "red", tok)
@@ -149,11 +150,12 @@ def test_rollout_prompt_must_equal_training_encoding(tiny_text_dir, monkeypatch)
         def generate(self, input_ids, attention_mask, **_):
             return torch.cat([input_ids, torch.full((input_ids.shape[0], 1), tok.eos_token_id)], 1)
 
-    real = grpo_module.prompt_encoding
-    monkeypatch.setattr(grpo_module, "prompt_encoding", lambda s, p: (lambda e: (e.input_ids.pop(0), e)[1])(real(s, p)))
+    tampered = encode_prompt(sample.conv, tok)
+    tampered.input_ids.pop(0)
     algo = grpo_module.GrpoAlgorithm(tok, None, num_generations=2, max_completion_length=4)
+    algo.rollout(Model(), [EncodedPrompt(sample, encode_prompt(sample.conv, tok))])  # the encoded prompt passes
     with pytest.raises(DataError, match="differs from the training encoding"):
-        algo.rollout(Model(), [PromptSample(sample.conv, {})])
+        algo.rollout(Model(), [EncodedPrompt(sample, tampered)])
 
 
 def test_flat_margin_alarm_when_reference_is_the_policy():

@@ -7,6 +7,7 @@ from transformers import AutoTokenizer, TrainingArguments
 
 from tailorkit.config.train import ModelArgs, TunerArgs
 from tailorkit.models.load import load_bundle
+from tailorkit.train.algorithm import SftAlgorithm
 from tailorkit.train.losses import sft_loss
 from tailorkit.train.trainer import Trainer
 from tailorkit.tuners.adapters import apply_tuner
@@ -34,7 +35,7 @@ def test_penalty_equals_what_peft_adds_to_a_model_computed_loss(tiny_text_dir):
 def test_trainer_loss_includes_the_penalty_once_per_step(tiny_text_dir, tmp_path):
     model, plan, batch = _adalora(tiny_text_dir)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_accumulation_steps=2)
-    trainer = Trainer(model=model, args=args, plan=plan)
+    trainer = Trainer(model=model, args=args, algorithm=SftAlgorithm(plan), plan=plan)
     model.train()
     labels = batch.pop("labels")
     loss = trainer.compute_loss(model, {**batch, "labels": labels})

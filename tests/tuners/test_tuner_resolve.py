@@ -14,7 +14,8 @@ from tailorkit.config.train import ModelArgs, TunerArgs
 from tailorkit.errors import ConfigError
 from tailorkit.models.qwen_vl import QWEN2_5_VL
 from tailorkit.models.text import QWEN2
-from tailorkit.tuners.manifest import MANIFEST_FILE, TrainabilityCallback, TrainabilityError
+from tailorkit.run_files import MANIFEST_FILE
+from tailorkit.tuners.manifest import TrainabilityCallback, TrainabilityError
 from tailorkit.tuners.optim import build_optimizer
 from tailorkit.tuners.plan import resolve_plan
 

@@ -163,27 +163,34 @@ class EncodeReport:
 
 
 def encode_all(items: list, processor, *, max_length: int, truncation: str, desc: str = "encoding",
-               text: bool = False) -> tuple[list[Encoded], EncodeReport]:
+               encode_item=None) -> tuple[list, EncodeReport]:
     """Encode every sample; over-long ones raise, are skipped (delete), or cut (left/right) where that never cuts
-    a media span; samples that cannot be cut safely are skipped. Skips and cuts are counted in the report."""
+    a media span; samples that cannot be cut safely are skipped. Skips and cuts are counted in the report.
+
+    ``encode_item`` (``encode_one``'s signature; default ``encode_one``) encodes one item of another kind,
+    such as a preference pair (data/preference.py), under the same strategy and into the same report.
+    """
+    encode_item = encode_item or encode_one
     report, out = EncodeReport(), []
     for item in tqdm(items, desc=desc, unit="sample", disable=len(items) < 50):
-        enc = encode_one(item, processor, max_length=max_length, truncation=truncation, text=text, report=report)
+        enc = encode_item(item, processor, max_length=max_length, truncation=truncation, report=report)
         if enc is not None:
             out.append(enc)
     report.kept = len(out)
     return out, report
 
 
-def encode_one(item, processor, *, max_length: int, truncation: str, text: bool, report: EncodeReport
+def encode_one(item, processor, *, max_length: int, truncation: str, report: EncodeReport, encoder=None
                ) -> Encoded | None:
-    """One sample encoded under the truncation strategy, or None when it is skipped (counted in ``report``)."""
+    """One sample encoded under the truncation strategy, or None when it is skipped (counted in ``report``).
+
+    ``encoder(item, processor, max_length=...)`` raises TooLongError over the limit; the default encodes a
+    Conversation (``encode``) or a pre-training TextSample (``encode_text``).
+    """
+    encoder = encoder or (_encode_text_sample if isinstance(item, TextSample) else encode)
     limit = None if truncation in ("left", "right") else max_length
     try:
-        if text:
-            enc = encode_text(item, getattr(processor, "tokenizer", processor), max_length=limit)
-        else:
-            enc = encode(item, processor, max_length=limit)
+        enc = encoder(item, processor, max_length=limit)
     except TooLongError:
         if truncation != "delete":
             raise
@@ -197,6 +204,10 @@ def encode_one(item, processor, *, max_length: int, truncation: str, text: bool,
         report.truncated += 1
         enc = cut
     return enc
+
+
+def _encode_text_sample(sample: TextSample, processor, *, max_length: int | None) -> Encoded:
+    return encode_text(sample, getattr(processor, "tokenizer", processor), max_length=max_length)
 
 
 @dataclass
@@ -223,7 +234,7 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
     def __init__(self, specs: list[str], processor, *, max_length: int, truncation: str,
                  system: str | None = None, text: bool = False):
         self.specs, self.processor, self.system, self.text = specs, processor, system, text
-        self.kwargs = dict(max_length=max_length, truncation=truncation, text=text)
+        self.kwargs = dict(max_length=max_length, truncation=truncation)
         self.report = EncodeReport()
         self.start = StreamPosition()
         self._passes = 0

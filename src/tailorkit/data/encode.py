@@ -96,12 +96,13 @@ def _run(processor, text: str, media: dict[str, list], messages: list | None = N
                          media["audio"][: n["audio"]])
 
 
-def encode_prompt(conv: Conversation, processor, images: list | None = None) -> Encoded:
+def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
+                  max_length: int | None = None) -> Encoded:
     """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
     media = _media_of(conv, processor) if images is None else {"image": images, "video": [], "audio": []}
     text = render(processor, conv.messages, add_generation_prompt=True)
     out = _run(processor, text, media)
-    return _to_encoded(out, labels=None)
+    return check_length(_to_encoded(out, labels=None), max_length, conv.source, conv.line, "messages")
 
 
 def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
@@ -122,10 +123,14 @@ def encode(conv: Conversation, processor, *, max_length: int | None = None) -> E
     for j, t in enumerate(ids):
         if t in media_token_ids(processor):
             labels[j] = IGNORE
-    enc = _to_encoded(full, labels)
+    return check_length(_to_encoded(full, labels), max_length, conv.source, conv.line, "messages")
+
+
+def check_length(enc: Encoded, max_length: int | None, source, line, field: str) -> Encoded:
+    """``enc``, or TooLongError naming the row when it is longer than ``max_length`` (None: no limit)."""
     if max_length is not None and len(enc) > max_length:
-        raise TooLongError(f"encoded length {len(enc)} exceeds max_length {max_length}", source=conv.source,
-                           line=conv.line, field="messages",
+        raise TooLongError(f"encoded length {len(enc)} exceeds max_length {max_length}", source=source, line=line,
+                           field=field,
                            fix="raise --max_length, shorten the sample, or use --truncation_strategy delete/left/right")
     return enc
 
@@ -159,7 +164,4 @@ def encode_text(sample: TextSample, tokenizer, *, max_length: int | None = None)
     ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
-    if max_length is not None and len(ids) > max_length:
-        raise TooLongError(f"encoded length {len(ids)} exceeds max_length {max_length}", source=sample.source,
-                           line=sample.line, field="text", fix="raise --max_length or use --truncation_strategy delete")
-    return Encoded(input_ids=ids, labels=list(ids))
+    return check_length(Encoded(input_ids=ids, labels=list(ids)), max_length, sample.source, sample.line, "text")

@@ -1,1 +1,1 @@
-"""The trainer, losses, callbacks and the sft/pt recipes."""
+"""Training: one recipe (recipe.prepare, then recipe.fit) for sft, pt and every rlhf algorithm."""

@@ -54,15 +54,15 @@ class Alarm:
 
 
 class AlarmCallback(TrainerCallback):
-    """Watches every micro-batch (through ``Trainer.batch_hooks``), every optimizer step and every log record."""
+    """Watches every micro-batch (through ``TrainerHooks.after_batch``), every optimizer step and every log record."""
 
     def __init__(self, patience: int = 5, strict: bool = False, log_file: str | Path | None = None,
-                 check_grads: bool = True):
+                 check_grads: bool = True, progress=None):
         self.patience = patience
         self.check_grads = check_grads  # off under DeepSpeed, which keeps gradients outside p.grad
         self.strict = strict
         self.log_file = Path(log_file) if log_file else None
-        self.progress = None  # callbacks.ProgressCallback whose bar shows the alarm count
+        self.progress = progress  # callbacks.ProgressCallback whose bar shows the alarm count
         self.alarms: list[Alarm] = []  # the first alarm of each kind (and every fatal one)
         self.counts: Counter = Counter()
         self.fatal: Alarm | None = None

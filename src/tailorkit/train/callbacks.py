@@ -1,4 +1,4 @@
-"""Progress bar, jsonl log, loss plot and per-checkpoint run files."""
+"""Progress bar, jsonl log and loss plot of a training run."""
 
 from __future__ import annotations
 
@@ -48,19 +48,6 @@ class JsonlLogCallback(TrainerCallback):
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
         with open(Path(args.output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-
-
-class RunFilesCallback(TrainerCallback):
-    """Writes the resolved config into every checkpoint directory next to weights and processor."""
-
-    def __init__(self, write_config):
-        self.write_config = write_config
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if ckpt.is_dir():
-                self.write_config(ckpt)
 
 
 def plot_loss(output_dir: str | Path) -> Path | None:

@@ -1,9 +1,10 @@
 """GRPO: rollouts from encoder-built prompts, group-normalised advantages, clipped objective.
 
-Each training step samples ``num_generations`` completions per prompt with ``model.generate`` on the
-inference engine's left-padded batch of ``encode_prompt`` outputs, checks per batch that these
-prompt tokens are exactly the training encoding's prompt, scores the completions, and optimises the
-clipped surrogate (token-level ratio: GRPO; sequence-level: GSPO) with an optional KL to the reference.
+Each training step samples ``num_generations`` completions per prompt with ``model.generate`` on a
+left-padded batch of the prompts ``encode_prompt`` built before training (data/preference.py), checks
+per batch that these prompt tokens are exactly the training encoding's prompt, scores the completions,
+and optimises the clipped surrogate (token-level ratio: GRPO; sequence-level: GSPO) with an optional KL
+to the reference.
 Generation is on-policy, so the "old" log-probs are the current ones detached (ratio 1, as in TRL
 with one iteration per batch).
 """
@@ -14,13 +15,15 @@ import warnings
 
 import torch
 
+from ..config.rlhf import LOSS_CHOICES
 from ..data.collate import Collator, left_pad
 from ..data.encode import IGNORE, Encoded
-from .preference import Metrics, ReferenceModel, RewardAlarm, _finish, token_logps
-from .preference_data import check_prompt_matches, prompt_encoding
+from ..data.preference import EncodedPrompt, check_prompt_matches
+from .algorithm import Metrics, per_step_loss
+from .preference import ReferenceModel, RewardAlarm, token_logps
 from .rewards import RewardSet
 
-GRPO_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo")
+GRPO_LOSSES = LOSS_CHOICES["grpo"]
 __all__ = ["GRPO_LOSSES", "GrpoAlgorithm", "RewardAlarm", "RolloutAlarms", "group_advantages", "grpo_loss"]
 
 
@@ -99,7 +102,7 @@ class RolloutAlarms:
 
 
 class GrpoAlgorithm:
-    """Rollout + reward + clipped objective for batches of ``PromptSample``."""
+    """Rollout + reward + clipped objective for batches of ``EncodedPrompt`` (prompts encoded once, up front)."""
 
     def __init__(self, processor, rewards: RewardSet, *, num_generations: int, max_completion_length: int,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, beta: float = 0.04,
@@ -125,9 +128,9 @@ class GrpoAlgorithm:
         return set(eos if isinstance(eos, list) else [eos])
 
     @torch.no_grad()
-    def rollout(self, model, samples: list) -> tuple[list[Encoded], list[list[int]], list[str]]:
+    def rollout(self, model, samples: list[EncodedPrompt]) -> tuple[list[Encoded], list[list[int]], list[str]]:
         """(prompt encodings, completion token ids, decoded completions), ``num_generations`` per prompt in order."""
-        prompts = [prompt_encoding(s, self.processor) for s in samples]
+        prompts = [s.prompt for s in samples]
         repeated = [p for p in prompts for _ in range(self.num_generations)]
         batch = left_pad(repeated, self.tokenizer.pad_token_id)
         device = next(model.parameters()).device
@@ -144,7 +147,8 @@ class GrpoAlgorithm:
             row = i * self.num_generations
             seen = out[row, :width][batch["attention_mask"][row].bool()].tolist()
             first = self._cut(out[row, width:].tolist(), model)
-            check_prompt_matches(sample, seen, self.tokenizer.decode(first, skip_special_tokens=True), self.processor)
+            check_prompt_matches(sample.sample, seen, self.tokenizer.decode(first, skip_special_tokens=True),
+                                 self.processor)
         completions = [self._cut(row.tolist(), model) for row in out[:, width:]]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return repeated, completions, texts
@@ -165,12 +169,13 @@ class GrpoAlgorithm:
             samples.append(enc)
         return {k: v.to(device) for k, v in self.collate(samples).items()}
 
-    def compute_loss(self, trainer, model, inputs, return_outputs=False):
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         samples = inputs["prompts"]
         gen_model = trainer.accelerator.unwrap_model(model)
         prompts, completions, texts = self.rollout(gen_model, samples)
-        columns = {k: [s.columns.get(k) for s in samples for _ in range(self.num_generations)]
-                   for k in sorted({k for s in samples for k in s.columns})}
+        rows = [s.sample.columns for s in samples]
+        columns = {k: [row.get(k) for row in rows for _ in range(self.num_generations)]
+                   for k in sorted({k for row in rows for k in row})}
         columns["completion_lengths"] = [len(c) for c in completions]
         columns["completion_ids"] = completions
         total, per_func = self.rewards.score(texts, columns)
@@ -196,7 +201,7 @@ class GrpoAlgorithm:
                          frac_reward_zero_std=(grouped.std(dim=1) == 0).float(),
                          completion_length=mask.sum(-1).float(), **({"kl": mean_kl} if mean_kl is not None else {}),
                          **{f"rewards/{name}": torch.tensor(v) for name, v in per_func.items()})
-        return _finish(trainer, model, loss, return_outputs)
+        return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
         return self.metrics.pop(logs)

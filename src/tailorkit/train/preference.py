@@ -1,9 +1,10 @@
 """Preference losses (DPO and variants, ORPO, SimPO, CPO, KTO, reward model) and their algorithms.
 
 A loss is a pure function of sequence log-probabilities, tested against TRL's implementation on
-identical inputs. An algorithm is the loss plus the batch it needs: our one ``Trainer`` calls
-``algorithm.compute_loss(trainer, model, inputs)`` and ``algorithm.pop_metrics(...)`` when logging.
-Losses are means over the micro-batch divided by the accumulation steps (the Trainer does not rescale).
+identical inputs. An algorithm (the ``train.algorithm.Algorithm`` protocol) is the loss plus the batch it
+needs: our one ``Trainer`` calls ``algorithm.compute_loss(trainer, model, inputs)`` and
+``algorithm.pop_metrics(...)`` when logging. Losses are means over the micro-batch divided by the
+accumulation steps (the Trainer does not rescale).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 
+from ..config.rlhf import LOSS_CHOICES
 from ..data.encode import IGNORE
+from ..data.preference import EncodedPair
+from .algorithm import Metrics, per_step_loss
 from .losses import shifted_token_nll
 
-DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
-CPO_LOSSES = ("sigmoid", "hinge", "ipo", "simpo")
+DPO_LOSSES = LOSS_CHOICES["dpo"]
+CPO_LOSSES = LOSS_CHOICES["cpo"]
 # Batch keys that are ours, never model inputs.
 _EXTRA_PREFIXES = ("ref_", "kl_")
 _EXTRA_KEYS = ("labels", "label")
@@ -144,10 +147,20 @@ def chosen_nll(per_token, mask, n_chosen: int):
 class ReferenceModel:
     """The reference policy: a separate frozen model, or (LoRA) the trained model with its adapter disabled."""
 
-    def __init__(self, model: torch.nn.Module | None = None):
+    def __init__(self, model: torch.nn.Module | None = None, precompute_batch_size: int | None = None):
         self.model = model
+        self.precompute_batch_size = precompute_batch_size  # --precompute_ref_log_probs: batch of that pass
         if model is not None:
             model.eval().requires_grad_(False)
+
+    def precompute(self, datasets: list[list], collate, model) -> None:
+        """With --precompute_ref_log_probs, fill the encoded items' reference log-probs now, from the untrained
+        ``model``; the algorithms then read them from the batch instead of running a reference."""
+        if self.precompute_batch_size is None:
+            return
+        items = [item for dataset in datasets for item in dataset]
+        precompute_reference(items, collate, model, batch_size=self.precompute_batch_size)
+        print(f"[tailorkit] reference log-probs precomputed for {len(items)} samples")
 
     @contextlib.contextmanager
     def active(self, trainer, model):
@@ -193,36 +206,6 @@ class FlatMarginAlarm:
                           "and the loss cannot move", RewardAlarm, stacklevel=3)
 
 
-class Metrics:
-    """Per-step values averaged into the next log record; train and eval kept apart."""
-
-    def __init__(self):
-        self.values = {"train": defaultdict(list), "eval": defaultdict(list)}
-
-    def add(self, model, **values) -> None:
-        mode = "train" if model.training else "eval"
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                if not value.numel():  # e.g. no undesirable sample in this KTO batch
-                    continue
-                value = value.float().mean().item()
-            self.values[mode][key].append(float(value))
-
-    def pop(self, logs: dict) -> dict:
-        """Averages for the log record ``logs`` (an eval record when its keys start with 'eval_')."""
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        out = {prefix + k: sum(v) / len(v) for k, v in self.values[mode].items() if v}
-        self.values[mode].clear()
-        return out
-
-
-def _finish(trainer, model, loss, return_outputs):
-    if model.training:
-        loss = loss / trainer.current_gradient_accumulation_steps
-    return (loss, {}) if return_outputs else loss  # no logits: the Trainer runs with prediction_loss_only
-
-
 # ---- algorithms ----------------------------------------------------------------------------------------------
 
 class DpoAlgorithm:
@@ -238,7 +221,7 @@ class DpoAlgorithm:
         self.metrics = Metrics()
         self.alarm = FlatMarginAlarm(alarm_steps)
 
-    def compute_loss(self, trainer, model, inputs, return_outputs=False):
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         per_token, mask = token_logps(model, inputs)
         n = per_token.shape[0] // 2
         logps = (per_token * mask).sum(-1)
@@ -258,7 +241,7 @@ class DpoAlgorithm:
         self.metrics.add(model, **{"rewards/chosen": cr, "rewards/rejected": rr, "rewards/margins": cr - rr,
                                    "rewards/accuracies": (cr > rr).float(), "logps/chosen": logps[:n].detach(),
                                    "logps/rejected": logps[n:].detach()})
-        return _finish(trainer, model, loss, return_outputs)
+        return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
         return self.metrics.pop(logs)
@@ -273,7 +256,7 @@ class ReferenceFreeAlgorithm:
         self.label_smoothing, self.simpo_gamma, self.cpo_alpha = label_smoothing, simpo_gamma, cpo_alpha
         self.metrics = Metrics()
 
-    def compute_loss(self, trainer, model, inputs, return_outputs=False):
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         per_token, mask = token_logps(model, inputs)
         n = per_token.shape[0] // 2
         total = (per_token * mask).sum(-1)
@@ -288,7 +271,7 @@ class ReferenceFreeAlgorithm:
                                     cpo_alpha=self.cpo_alpha)
         self.metrics.add(model, **{"rewards/chosen": cr, "rewards/rejected": rr, "rewards/margins": cr - rr,
                                    "rewards/accuracies": (cr > rr).float(), "nll_loss": nll.detach()})
-        return _finish(trainer, model, loss, return_outputs)
+        return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
         return self.metrics.pop(logs)
@@ -304,7 +287,7 @@ class KtoAlgorithm:
         self.metrics = Metrics()
         self.alarm = FlatMarginAlarm(alarm_steps)
 
-    def compute_loss(self, trainer, model, inputs, return_outputs=False):
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps = sequence_logps(model, inputs)
         with torch.no_grad():
             kl_logps = sequence_logps(model, inputs, prefix="kl_")
@@ -319,7 +302,7 @@ class KtoAlgorithm:
                                     undesirable_weight=self.undesirable_weight)
         self.alarm.check(trainer, model, cr, rr)
         self.metrics.add(model, **{"kl": kl, "rewards/chosen": cr, "rewards/rejected": rr})
-        return _finish(trainer, model, loss, return_outputs)
+        return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
         return self.metrics.pop(logs)
@@ -333,14 +316,14 @@ class RewardModelAlgorithm:
         self.metrics = Metrics()
         self.alarm = FlatMarginAlarm(alarm_steps)
 
-    def compute_loss(self, trainer, model, inputs, return_outputs=False):
+    def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         rewards = model(**model_inputs(inputs), use_cache=False).logits.squeeze(-1).float()
         chosen, rejected = rewards.chunk(2)
         loss = reward_model_loss(chosen, rejected, center_rewards_coefficient=self.center_rewards_coefficient)
         self.alarm.check(trainer, model, chosen.detach(), rejected.detach())
         self.metrics.add(model, accuracy=(chosen > rejected).float(), margin=(chosen - rejected).detach(),
                          mean_reward=rewards.detach())
-        return _finish(trainer, model, loss, return_outputs)
+        return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
         return self.metrics.pop(logs)
@@ -349,8 +332,6 @@ class RewardModelAlgorithm:
 @torch.no_grad()
 def precompute_reference(items: list, collate, model, *, batch_size: int = 8) -> None:
     """Fill ``ref_*`` log-probs of encoded pairs / KTO samples with ``model`` (the untrained policy)."""
-    from .preference_data import EncodedPair
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -1,40 +1,62 @@
-"""Our one subclass of the Hugging Face Trainer: algorithms differ only by their loss."""
+"""Our one subclass of the Hugging Face Trainer: the algorithm computes the loss, the plan shapes the optimizer.
+
+Everything a run adds to the base class is given to the constructor: the ``Algorithm`` (the loss), the
+tuner ``Plan`` (parameter groups, its callbacks, its extra checkpoint files) and ``TrainerHooks`` (atomic
+checkpoints and per-batch observers, built by train/guards.py). ``training_arguments`` is the one place
+our config meets ``transformers.TrainingArguments``.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import torch
 import transformers
 
+from ..config.train import SftConfig
 from ..tuners.optim import build_optimizer
-from ..tuners.runtime import adapter_penalty, plan_callbacks, save_plan_extras
-from .losses import sft_loss
+from ..tuners.plan import Plan
+from ..tuners.runtime import plan_callbacks, save_plan_extras
+from .algorithm import Algorithm
+from .checkpoint import CheckpointWriter
+
+
+@dataclass
+class TrainerHooks:
+    """What the run's guards (train/guards.py) give the Trainer when it is built."""
+
+    checkpoints: CheckpointWriter | None = None  # atomic saves, `last`, rotation; None: the base class's saving
+    after_batch: list[Callable] = field(default_factory=list)  # hook(inputs, loss) after every micro-batch
+    # A resumed stream skips its trained rows itself: the RNG states then wait for the first batch.
+    restore_rng_at_first_batch: bool = False
 
 
 class Trainer(transformers.Trainer):
-    """HF Trainer with a per-supervised-token loss that is exact across gradient accumulation."""
+    """HF Trainer whose loss is ``algorithm.compute_loss`` (already scaled for gradient accumulation)."""
 
-    loss_is_scaled_for_ga = True  # sft_loss divides by the step's token count
+    loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, algorithm=None, checkpoints=None, plan=None, **kwargs):
+    def __init__(self, *args, algorithm: Algorithm, plan: Plan | None = None, hooks: TrainerHooks | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        # None: the SFT loss below. Otherwise an object (train/preference.py, train/grpo.py) with
-        # compute_loss(trainer, model, inputs, return_outputs) and pop_metrics(logs).
         self.algorithm = algorithm
-        self.checkpoints = checkpoints  # train.checkpoint.CheckpointWriter: atomic saves, `last`, rotation
-        self.batch_hooks = []  # hook(inputs, loss) after every micro-batch: alarms and counters
-        self._staging_root = None
-        # A resumed stream skips its trained rows itself; the RNG states then wait for the first batch (guarded.py).
-        self.restore_rng_at_first_batch = False
+        self.tuner_plan = plan  # the plan tuners.adapters.apply_tuner applied to the model (None: no tuner)
+        self.hooks = hooks or TrainerHooks()
         self._pending_rng = None
-        # Make the base class count supervised tokens over the whole accumulation window for us.
+        # Make the base class count supervised tokens over the whole accumulation window (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
-        # The plan tuners.adapters.apply_tuner applied to the model: install its callbacks.
-        self.tuner_plan = plan
-        if self.tuner_plan is not None:
-            for callback in plan_callbacks(self.model, self.tuner_plan, self.args.seed):
+        if plan is not None:
+            for callback in plan_callbacks(self.model, plan, self.args.seed):
                 self.add_callback(callback)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return self.algorithm.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                           num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs, *args, **kwargs):
+        super().log({**logs, **self.algorithm.pop_metrics(logs)}, *args, **kwargs)
 
     def create_optimizer(self, model=None):
         """The plan's parameter groups (per-component lr, LoRA+, GaLore) when there is a plan."""
@@ -44,84 +66,132 @@ class Trainer(transformers.Trainer):
         self.optimizer = build_optimizer(self.model, self.tuner_plan, self.args, decay)
         return self.optimizer
 
-    def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The base class's weights (full, adapter, or gathered from DeepSpeed/FSDP), plus what the plan adds."""
+        super().save_model(output_dir, _internal_call)
         if self.tuner_plan is not None and self.args.should_save:
             save_plan_extras(self.model, self.tuner_plan, output_dir or self.args.output_dir)
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
-            return _length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
-        return super()._get_train_sampler(train_dataset)
-
-    def _get_eval_sampler(self, eval_dataset):
-        if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, list):
-            return _length_grouped(eval_dataset, self.args.eval_batch_size)
-        return super()._get_eval_sampler(eval_dataset)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.algorithm is not None:
-            return self.algorithm.compute_loss(self, model, inputs, return_outputs=return_outputs)
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)
-        loss = sft_loss(outputs.logits, labels, num_items_in_batch)
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
-        penalty = adapter_penalty(self.model, self.tuner_plan)
-        if penalty is not None and model.training:  # once per optimizer step, whatever the accumulation
-            loss = loss + penalty / self.args.gradient_accumulation_steps
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs, *args, **kwargs):
-        if self.algorithm is not None:
-            logs = {**logs, **self.algorithm.pop_metrics(logs)}
-        super().log(logs, *args, **kwargs)
-
-    def _load_rng_state(self, checkpoint):
-        if self.restore_rng_at_first_batch and checkpoint is not None:
-            self._pending_rng = checkpoint  # the base class would restore them before the data loader starts
-            return
-        super()._load_rng_state(checkpoint)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._pending_rng is not None:
             checkpoint, self._pending_rng = self._pending_rng, None
             super()._load_rng_state(checkpoint)
         loss = super().training_step(model, inputs, num_items_in_batch)
-        for hook in self.batch_hooks:
+        for hook in self.hooks.after_batch:
             hook(inputs, loss)
         return loss
 
-    def _get_output_dir(self, trial):
-        return self._staging_root or super()._get_output_dir(trial)
+    def load_weights_only(self, checkpoint: str) -> None:
+        """--resume_only_model: the checkpoint's weights (full or adapter), without its optimizer, schedule or step.
+
+        No public method loads weights without resuming the run; the base class's loader knows every
+        checkpoint layout it writes.
+        """
+        self._load_from_checkpoint(checkpoint)
+
+    # ---- private methods of the base class that have no public hook -----------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None):
+        # --group_by_length: the base class reads lengths from dict rows only; ours are Encoded objects
+        # (and pairs, KTO samples, prompts), each with a len().
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
+            return length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # As _get_train_sampler, for evaluation batches.
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, list):
+            return length_grouped(eval_dataset, self.args.eval_batch_size)
+        return super()._get_eval_sampler(eval_dataset)
+
+    def _load_rng_state(self, checkpoint):
+        # The base class restores the RNG states before the data loader starts; a resumed stream needs them
+        # restored where the interrupted run stood at that step: just before the first forward.
+        if self.hooks.restore_rng_at_first_batch and checkpoint is not None:
+            self._pending_rng = checkpoint
+            return
+        super()._load_rng_state(checkpoint)
 
     def _save_checkpoint(self, model, trial):
-        """The base class's checkpoint (weights, optimizer, scheduler, RNG, scaler, state), published atomically."""
-        if self.checkpoints is None:
+        # The base class writes weights, optimizer, scheduler, RNG, scaler and state straight into
+        # <output_dir>/checkpoint-N, so a crash mid-save leaves a half folder there; here it writes into a
+        # staging folder that the CheckpointWriter renames into place when whole.
+        writer = self.hooks.checkpoints
+        if writer is None:
             return super()._save_checkpoint(model, trial)
-        out = self.checkpoints.output_dir
+        out = writer.output_dir
 
         def write(folder):
-            self._staging_root = str(folder.parent)  # the base class writes <output_dir>/checkpoint-N here
+            final_dir = self.args.output_dir
+            self.args.output_dir = str(folder.parent)  # the base class writes <output_dir>/checkpoint-N
             try:
                 super(Trainer, self)._save_checkpoint(model, trial)
             finally:
-                self._staging_root = None
+                self.args.output_dir = final_dir
             if self.state.best_global_step:  # the base class recorded the staging path
                 self.state.best_model_checkpoint = str(out / f"checkpoint-{self.state.best_global_step}")
                 if self.args.should_save:
-                    self.state.save_to_json(os.path.join(folder, "trainer_state.json"))
+                    self.state.save_to_json(str(folder / "trainer_state.json"))
 
-        self.checkpoints.publish(f"checkpoint-{self.state.global_step}", write, is_main=self.args.should_save,
-                                 barrier=self.accelerator.wait_for_everyone)
+        writer.publish(f"checkpoint-{self.state.global_step}", write, is_main=self.args.should_save,
+                       barrier=self.accelerator.wait_for_everyone)
         if self.args.should_save:
-            self.checkpoints.rotate(best=self.state.best_model_checkpoint)
+            writer.rotate(best=self.state.best_model_checkpoint)
 
 
-def _length_grouped(dataset: list, batch_size: int):
-    """HF's LengthGroupedSampler over our Encoded samples (objects, not dicts: it is handed their lengths)."""
+def length_grouped(dataset: list, batch_size: int):
+    """HF's LengthGroupedSampler over our items (objects, not dicts: it is handed their lengths)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     return LengthGroupedSampler(batch_size, lengths=[len(x) for x in dataset])
+
+
+def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool = False):
+    """transformers.TrainingArguments from our config (the one place the two meet).
+
+    ``ignore_data_skip``: on resume the data already skips what was trained (a resumed stream).
+    """
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    dtype = cfg.model.torch_dtype
+    eval_steps = t.eval_steps or t.save_steps
+    return TrainingArguments(
+        output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
+        save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
+        seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
+        eval_strategy=("steps" if t.save_strategy == "steps" else t.save_strategy) if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed_config(t.deepspeed),
+        ddp_find_unused_parameters=False, save_only_model=False, ignore_data_skip=ignore_data_skip,
+        prediction_loss_only=True,  # no algorithm returns logits for metrics: evaluation is the loss
+        # accelerate would otherwise dispatch a streaming dataset's batches by slicing every tensor along dim 0,
+        # which cuts media tensors (pixel_values rows are patches, not samples)
+        accelerator_config={"dispatch_batches": False},
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+    )
+
+
+DEEPSPEED_PRESETS = {
+    "zero2": {"zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True}},
+    "zero3": {"zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+                                    "stage3_gather_16bit_weights_on_model_save": True}},
+}
+
+
+def deepspeed_config(value: str | None):
+    """--deepspeed: a preset name (zero2, zero3) as a config dict, or a JSON file path for transformers to read."""
+    if value is None or value not in DEEPSPEED_PRESETS:
+        return value
+    return {**DEEPSPEED_PRESETS[value], "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "train_batch_size": "auto"}

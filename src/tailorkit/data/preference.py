@@ -1,4 +1,4 @@
-"""Rows of preference, KTO and prompt-only (GRPO) datasets, encoded by the one encoder.
+"""Rows of preference, KTO and prompt-only (GRPO) datasets: parsed, encoded by the one encoder, batched.
 
 Layouts (ms-swift's):
   preference  {"messages": [..., {"role": "assistant", "content": chosen}], "rejected_response": "..."}
@@ -7,24 +7,24 @@ Layouts (ms-swift's):
   prompts     {"messages": [... user turn], "solution": "...", ...}; a trailing assistant turn is dropped and
               every other column is handed to the reward functions.
 
-Rows are parsed and checked by ``data/formats.parse_row`` (which knows the preference and KTO fields),
-so they mean the same thing everywhere; this module turns them into what each algorithm consumes.
+Rows are parsed and checked by ``formats.parse_row`` (which knows the preference and KTO fields), so they
+mean the same thing everywhere. Encoding goes through ``dataset.encode_all`` / ``encode_one`` with every
+``--truncation_strategy`` and the same end-of-preprocessing report as sft: a pair (or a KTO sample and its
+KL companion) is kept only when both sides survive, and a skipped one is counted once, with its reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
-from ..data.collate import Collator
-from ..data.dataset import load_conversations
-from ..data.encode import Encoded, encode, encode_prompt
-from ..data.formats import Conversation, parse_row
-from ..errors import DataError, TooLongError
-
+from ..errors import DataError
+from .collate import Collator
+from .dataset import EncodeReport, encode_all, encode_one, load_conversations
+from .encode import Encoded, encode, encode_prompt
+from .formats import Conversation, parse_row
 
 
 @dataclass
@@ -54,6 +54,9 @@ class EncodedPair:
     ref_chosen_logps: float | None = None
     ref_rejected_logps: float | None = None
 
+    def __len__(self) -> int:  # the padded width it needs (--group_by_length)
+        return max(len(self.chosen), len(self.rejected))
+
 
 @dataclass
 class EncodedKto:
@@ -63,6 +66,22 @@ class EncodedKto:
     ref_logps: float | None = None
     ref_kl_logps: float | None = None
 
+    def __len__(self) -> int:
+        return max(len(self.sample), len(self.kl))
+
+
+@dataclass
+class EncodedPrompt:
+    """A rollout prompt encoded once, up front: the tokens generation starts from at every step."""
+
+    sample: PromptSample
+    prompt: Encoded
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+
+# ---- parsing -------------------------------------------------------------------------------------------------
 
 def parse_preference_row(row, *, source=None, line=None, base_dir=None, system=None) -> PreferencePair:
     """A chosen/rejected pair sharing one prompt (``formats.parse_row`` checks the pair)."""
@@ -95,37 +114,71 @@ def parse_prompt_row(row, *, source=None, line=None, base_dir=None, system=None)
 
 def load_rows(specs: list[str], parse, *, system: str | None = None, seed: int = 42) -> list:
     """Parse every row of every dataset with ``parse``; all errors are reported together."""
-    return load_conversations(specs, system=system, seed=seed, parse=parse, convs_of=_convs_of)
+    return load_conversations(specs, system=system, seed=seed, parse=parse, convs_of=convs_of)
 
 
-def _convs_of(item) -> list[Conversation]:
+def convs_of(item) -> list[Conversation]:
+    """The conversations inside a parsed pair, KTO sample or prompt (their media are checked up front)."""
     if isinstance(item, PreferencePair):
         return [item.chosen, item.rejected]
     return [item.conv]
 
 
-def encode_items(items: list, processor, *, max_length: int, truncation: str) -> tuple[list, Counter]:
-    """Encode pairs / KTO samples with ``encode``; over-long items raise or (truncation='delete') are counted."""
-    out, skipped = [], Counter()
-    kto_replies = [s.conv.messages[-1] for s in items if isinstance(s, KtoSample)]
-    for i, item in enumerate(items):
-        try:
-            if isinstance(item, PreferencePair):
-                out.append(EncodedPair(encode(item.chosen, processor, max_length=max_length),
-                                       encode(item.rejected, processor, max_length=max_length)))
-            elif isinstance(item, KtoSample):
-                other = kto_replies[(i + 1) % len(kto_replies)]
-                kl_conv = Conversation(messages=item.conv.messages[:-1] + [other], images=item.conv.images,
-                                       source=item.conv.source, line=item.conv.line, base_dir=item.conv.base_dir)
-                out.append(EncodedKto(encode(item.conv, processor, max_length=max_length),
-                                      encode(kl_conv, processor, max_length=max_length), item.label))
-            else:
-                raise TypeError(f"cannot encode {type(item).__name__}")
-        except TooLongError:
-            if truncation != "delete":
-                raise
-            skipped["longer than max_length"] += 1
-    return out, skipped
+# ---- encoding ------------------------------------------------------------------------------------------------
+
+def encode_pair(pair: PreferencePair, processor, *, max_length: int, truncation: str,
+                report: EncodeReport) -> EncodedPair | None:
+    """Both sides encoded under the truncation strategy; None (counted once) unless both survive."""
+    sides = encode_together([pair.chosen, pair.rejected], processor, max_length=max_length, truncation=truncation,
+                            report=report)
+    return None if sides is None else EncodedPair(*sides)
+
+
+def encode_kto(item: tuple[KtoSample, Conversation], processor, *, max_length: int, truncation: str,
+               report: EncodeReport) -> EncodedKto | None:
+    """A KTO sample and its KL companion (``kto_with_companions``); None (counted once) unless both survive."""
+    sample, companion = item
+    sides = encode_together([sample.conv, companion], processor, max_length=max_length, truncation=truncation,
+                            report=report)
+    return None if sides is None else EncodedKto(sides[0], sides[1], sample.label)
+
+
+def encode_prompt_sample(sample: PromptSample, processor, *, max_length: int, truncation: str,
+                         report: EncodeReport) -> EncodedPrompt | None:
+    """A rollout prompt; one over ``max_length`` raises or is skipped (a prompt has no reply, so it is never cut)."""
+    prompt = encode_one(sample.conv, processor, max_length=max_length, truncation=truncation, report=report,
+                        encoder=encode_prompt)
+    return None if prompt is None else EncodedPrompt(sample, prompt)
+
+
+def encode_together(convs: list[Conversation], processor, *, max_length: int, truncation: str,
+                    report: EncodeReport) -> list[Encoded] | None:
+    """Encode conversations that train only together; the first one skipped skips the group (counted once)."""
+    own = EncodeReport()
+    out = []
+    for conv in convs:
+        enc = encode_one(conv, processor, max_length=max_length, truncation=truncation, report=own)
+        if enc is None:
+            report.skipped.update(own.skipped)
+            return None
+        out.append(enc)
+    report.truncated += 1 if own.truncated else 0
+    return out
+
+
+def kto_with_companions(items: list[KtoSample]) -> list[tuple[KtoSample, Conversation]]:
+    """Each KTO sample with its KL companion: its prompt with the next sample's reply (the last takes the first's)."""
+    replies = [s.conv.messages[-1] for s in items]
+    return [(s, dataclasses.replace(s.conv, messages=s.conv.messages[:-1] + [replies[(i + 1) % len(replies)]],
+                                    label=None))
+            for i, s in enumerate(items)]
+
+
+def encode_kto_all(items: list[KtoSample], processor, *, max_length: int, truncation: str, desc: str = "encoding"
+                   ) -> tuple[list[EncodedKto], EncodeReport]:
+    """``dataset.encode_all`` for KTO samples, each paired with its KL companion first."""
+    return encode_all(kto_with_companions(items), processor, max_length=max_length, truncation=truncation,
+                      desc=desc, encode_item=encode_kto)
 
 
 def check_prompt_matches(sample: PromptSample, prompt_ids: list[int], reply: str, processor) -> None:
@@ -134,9 +187,8 @@ def check_prompt_matches(sample: PromptSample, prompt_ids: list[int], reply: str
     The training encoding of the conversation with ``reply`` appended must start with exactly these
     tokens, and its first supervised token must follow them.
     """
-    conv = Conversation(messages=sample.conv.messages + [{"role": "assistant", "content": reply or "."}],
-                        images=sample.conv.images, source=sample.conv.source, line=sample.conv.line,
-                        base_dir=sample.conv.base_dir)
+    conv = dataclasses.replace(sample.conv, messages=sample.conv.messages + [{"role": "assistant",
+                                                                              "content": reply or "."}])
     full = encode(conv, processor)
     first = next((i for i, x in enumerate(full.labels) if x != -100), len(full.labels))
     if full.input_ids[:first] != prompt_ids:
@@ -145,10 +197,7 @@ def check_prompt_matches(sample: PromptSample, prompt_ids: list[int], reply: str
                                 fix="rollouts must be built with data.encode.encode_prompt; report this as a bug")
 
 
-def prompt_encoding(sample: PromptSample, processor) -> Encoded:
-    """The rollout prompt of ``sample``, built by the one encoder."""
-    return encode_prompt(sample.conv, processor)
-
+# ---- batching ------------------------------------------------------------------------------------------------
 
 class PairCollator:
     """Batch of pairs -> one padded batch [chosen..., rejected...] (one forward for both halves)."""
@@ -180,6 +229,6 @@ class KtoCollator:
         return batch
 
 
-def prompt_collate(samples: list[PromptSample]) -> dict:
-    """GRPO batches stay Python objects: rollouts are generated inside the training step."""
-    return {"prompts": list(samples)}
+def prompt_collate(items: list[EncodedPrompt]) -> dict:
+    """GRPO batches stay Python objects: rollouts are generated (and left-padded) inside the training step."""
+    return {"prompts": list(items)}
