@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
+from ..config.rlhf import RlhfConfig
 from ..config.train import ModelArgs, SftConfig, TunerArgs
 from ..data.collate import Collator
 from ..data.dataset import encode_all, load_conversations, load_text_samples
@@ -60,6 +60,7 @@ def load_reward_bundle(cfg: SftConfig) -> ModelBundle:
 
 
 def configured_tuner(cfg: SftConfig) -> TunerArgs:
+    """The tuner settings as given."""
     return cfg.tuner
 
 
@@ -71,10 +72,11 @@ def reward_tuner(cfg: SftConfig) -> TunerArgs:
 
 
 def no_reference(cfg: SftConfig, bundle: ModelBundle) -> ReferenceModel:
+    """Kinds without a reference policy (sft, pt, the reference-free losses, rm)."""
     return ReferenceModel()
 
 
-def reference_policy(cfg, bundle: ModelBundle) -> ReferenceModel:
+def reference_policy(cfg: RlhfConfig, bundle: ModelBundle) -> ReferenceModel:
     """--ref_model; a frozen copy of the model for full training; the base with the LoRA adapter disabled
     (nothing to hold); or log-probs precomputed before training (--precompute_ref_log_probs)."""
     if cfg.rlhf.rlhf_type == "grpo" and cfg.rlhf.beta == 0.0:
@@ -101,6 +103,7 @@ def load_text_rows(specs: list[str], *, system: str | None, seed: int) -> list:
 
 
 def load_kto_rows(specs: list[str], *, system: str | None, seed: int) -> list:
+    """KTO rows (a conversation and a boolean label), with a warning when all labels agree."""
     items = load_rows(specs, parse_kto_row, system=system, seed=seed)
     if len({s.label for s in items}) < 2:
         print(f"[tailorkit] warning: every KTO sample of {', '.join(specs)} has the same label; KTO learns from "
@@ -113,38 +116,40 @@ def unpadded(pad_token_id: int) -> Callable:
     return prompt_collate
 
 
-# ---- algorithms ---------------------------------------------------------------------------------------------
+# ---- algorithms: (cfg, bundle, plan, reference) -> the object whose compute_loss the Trainer calls -----------
 
 def sft_algorithm(cfg: SftConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> SftAlgorithm:
     return SftAlgorithm(plan)
 
 
-def dpo_algorithm(cfg, bundle, plan, reference) -> DpoAlgorithm:
+def dpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> DpoAlgorithm:
     p = cfg.preference
     return DpoAlgorithm(beta=cfg.rlhf.beta, loss_type=cfg.rlhf.loss_type, label_smoothing=p.label_smoothing,
                         rpo_alpha=p.rpo_alpha, reference=reference, alarm_steps=cfg.rlhf.reward_alarm_steps)
 
 
-def reference_free_algorithm(cfg, bundle, plan, reference) -> ReferenceFreeAlgorithm:
+def reference_free_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan,
+                             reference: ReferenceModel) -> ReferenceFreeAlgorithm:
     p = cfg.preference
     return ReferenceFreeAlgorithm(cfg.rlhf.rlhf_type, beta=cfg.rlhf.beta, loss_type=cfg.rlhf.loss_type or "sigmoid",
                                   label_smoothing=p.label_smoothing, simpo_gamma=p.simpo_gamma,
                                   cpo_alpha=p.cpo_alpha)
 
 
-def kto_algorithm(cfg, bundle, plan, reference) -> KtoAlgorithm:
+def kto_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> KtoAlgorithm:
     p = cfg.preference
     return KtoAlgorithm(beta=cfg.rlhf.beta, desirable_weight=p.desirable_weight,
                         undesirable_weight=p.undesirable_weight, reference=reference,
                         alarm_steps=cfg.rlhf.reward_alarm_steps)
 
 
-def reward_model_algorithm(cfg, bundle, plan, reference) -> RewardModelAlgorithm:
+def reward_model_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan,
+                           reference: ReferenceModel) -> RewardModelAlgorithm:
     return RewardModelAlgorithm(center_rewards_coefficient=cfg.preference.center_rewards_coefficient,
                                 alarm_steps=cfg.rlhf.reward_alarm_steps)
 
 
-def grpo_algorithm(cfg, bundle, plan, reference) -> GrpoAlgorithm:
+def grpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> GrpoAlgorithm:
     g = cfg.grpo
     rewards = build_rewards(g.reward_funcs, g.reward_weights, g.external_plugins, format_pattern=g.format_pattern,
                             max_completion_length=g.max_completion_length, soft_cache_length=g.soft_cache_length)
