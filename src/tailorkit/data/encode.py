@@ -15,7 +15,7 @@ import torch
 
 from ..errors import DataError, TooLongError
 from .formats import Conversation, TextSample, count_media
-from .media import load_audio, load_image, load_video
+from .media import at_rate, load_audio, load_image, load_video
 
 IGNORE = -100
 
@@ -49,13 +49,18 @@ def as_content_parts(messages: list[dict]) -> list[dict]:
 
 
 def run_processor(processor, text: str, images: list, videos: list | None = None, audios: list | None = None) -> dict:
-    """The processor's output for one rendered text (no special tokens added: the template has them)."""
+    """The processor's output for one rendered text (no special tokens added: the template has them).
+
+    ``videos`` are decoded ``media.Video`` objects (already sampled: the processor must not sample again)."""
     media = {"images": images or None}
     for name, given, owner in (("videos", videos, "video_processor"), ("audio", audios, "feature_extractor")):
         if given and not hasattr(processor, owner):
             raise DataError(f"this model's processor has no {owner} but the sample has {name}")
         if given:
             media[name] = given
+    if videos:
+        media["videos"] = [v.frames for v in videos]
+        media.update(video_metadata=[v.metadata() for v in videos], do_sample_frames=False)
     if hasattr(processor, "image_processor") or len(media) > 1:
         return dict(processor(text=[text], **media, return_tensors="pt", add_special_tokens=False))
     if images:
@@ -84,9 +89,17 @@ def _media_of(conv: Conversation, processor) -> dict[str, list]:
         if conv.media(kind) and not hasattr(processor, owner):
             raise conv.error(f"the row has {kind}s but this model's processor has no {owner}", field=f"{kind}s",
                              fix=f"use a model that takes {kind}s or remove them from the data")
+    budget = video_budget(processor)
+    rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None)
     return {"image": _images_of(conv),
-            "video": [load_video(src, conv.base_dir, **where) for src in conv.videos],
-            "audio": [load_audio(src, conv.base_dir, **where)[0] for src in conv.audios]}
+            "video": [load_video(src, conv.base_dir, **budget, **where) for src in conv.videos],
+            "audio": [at_rate(*load_audio(src, conv.base_dir, **where), rate) for src in conv.audios]}
+
+
+def video_budget(processor) -> dict:
+    """--fps / --video_max_frames as written into the processor's video processor (models/media_budget.py)."""
+    proc = getattr(processor, "video_processor", None)
+    return {"fps": getattr(proc, "fps", None), "max_frames": getattr(proc, "max_frames", None)}
 
 
 def _run(processor, text: str, media: dict[str, list], messages: list | None = None) -> dict:
