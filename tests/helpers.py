@@ -35,3 +35,16 @@ class ParamChangeRecorder(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.changed = {n: not torch.equal(self.before[n], p.detach()) for n, p in model.named_parameters()}
+
+
+def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float = 440.0) -> Path:
+    """A mono 16-bit PCM .wav tone."""
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate), w.writeframes(samples.tobytes())
+    return path

@@ -54,10 +54,12 @@ def run_processor(processor, text: str, images: list, videos: list | None = None
     ``videos`` are decoded ``media.Video`` objects (already sampled: the processor must not sample again)."""
     media = {"images": images or None}
     for name, given, owner in (("videos", videos, "video_processor"), ("audio", audios, "feature_extractor")):
-        if given and not hasattr(processor, owner):
+        if given and _part(processor, owner) is None:
             raise DataError(f"this model's processor has no {owner} but the sample has {name}")
         if given:
             media[name] = given
+    if audios:  # the samples are at the extractor's rate (data/media.at_rate); saying so stops its guessing
+        media["sampling_rate"] = _part(processor, "feature_extractor").sampling_rate
     if videos:
         media["videos"] = [v.frames for v in videos]
         media.update(video_metadata=[v.metadata() for v in videos], do_sample_frames=False)
@@ -86,14 +88,22 @@ def _media_of(conv: Conversation, processor) -> dict[str, list]:
     """Decoded media of a conversation by kind (image, video, audio), in placeholder order."""
     where = dict(source=conv.source, line=conv.line)
     for kind, owner in (("image", "image_processor"), ("video", "video_processor"), ("audio", "feature_extractor")):
-        if conv.media(kind) and not hasattr(processor, owner):
+        if conv.media(kind) and _part(processor, owner) is None:
             raise conv.error(f"the row has {kind}s but this model's processor has no {owner}", field=f"{kind}s",
                              fix=f"use a model that takes {kind}s or remove them from the data")
     budget = video_budget(processor)
-    rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None)
+    rate = getattr(_part(processor, "feature_extractor"), "sampling_rate", None)
     return {"image": _images_of(conv),
             "video": [load_video(src, conv.base_dir, **budget, **where) for src in conv.videos],
             "audio": [at_rate(*load_audio(src, conv.base_dir, **where), rate) for src in conv.audios]}
+
+
+def _part(processor, owner: str):
+    """A processor's sub-processor; audio feature extractors go by two names (Phi-4's is ``audio_processor``)."""
+    found = getattr(processor, owner, None)
+    if found is None and owner == "feature_extractor":
+        found = getattr(processor, "audio_processor", None)
+    return found
 
 
 def video_budget(processor) -> dict:

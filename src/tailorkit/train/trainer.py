@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+import torch
 import transformers
 
+from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import plan_of
 from ..tuners.runtime import adapter_penalty, plan_callbacks, save_plan_extras
@@ -36,6 +38,8 @@ class Trainer(transformers.Trainer):
         if self.tuner_plan is not None:
             for callback in plan_callbacks(self.model, self.tuner_plan, self.args.seed):
                 self.add_callback(callback)
+        # Shipped adapters that the model switches by modality (Phi-4-multimodal): each batch picks its own.
+        self.route_adapters = adapter_router(self.model, self.tuner_plan.family) if self.tuner_plan else None
 
     def create_optimizer(self, model=None):
         """The plan's parameter groups (per-component lr, LoRA+, GaLore) when there is a plan."""
@@ -46,9 +50,23 @@ class Trainer(transformers.Trainer):
         return self.optimizer
 
     def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
+        if self._several_shipped_adapters():
+            # transformers saves one active adapter at the top level and refuses several; each shipped adapter
+            # gets its own folder instead (save_plan_extras), as the model's checkpoint ships them
+            out = output_dir or self.args.output_dir
+            os.makedirs(out, exist_ok=True)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(out)
+            torch.save(self.args, os.path.join(out, transformers.trainer.TRAINING_ARGS_NAME))
+        else:
+            super()._save(output_dir, state_dict)
         if self.tuner_plan is not None and self.args.should_save:
             save_plan_extras(self.model, self.tuner_plan, output_dir or self.args.output_dir)
+
+    def _several_shipped_adapters(self) -> bool:
+        config = getattr(self.model, "peft_config", None)
+        return self.tuner_plan is not None and self.tuner_plan.train_type == "dummy" and isinstance(config, dict) \
+            and len(config) > 1
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -62,6 +80,7 @@ class Trainer(transformers.Trainer):
         return super()._get_eval_sampler(eval_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        routed = self.route_adapters is not None and self.route_adapters(inputs) is None
         if self.algorithm is not None:
             return self.algorithm.compute_loss(self, model, inputs, return_outputs=return_outputs)
         inputs = dict(inputs)
@@ -73,6 +92,10 @@ class Trainer(transformers.Trainer):
         penalty = adapter_penalty(self.model, self.tuner_plan)
         if penalty is not None and model.training:  # once per optimizer step, whatever the accumulation
             loss = loss + penalty / self.args.gradient_accumulation_steps
+        if routed and not loss.requires_grad and model.training:
+            # a text batch runs with every routed adapter off, so nothing it reaches trains: its backward pass
+            # must be a no-op (the loss is still logged), not an error
+            loss = loss.detach().requires_grad_()
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
