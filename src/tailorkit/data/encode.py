@@ -63,7 +63,7 @@ def run_processor(processor, text: str, images: list, videos: list | None = None
     if videos:
         media["videos"] = [v.frames for v in videos]
         media.update(video_metadata=[v.metadata() for v in videos], do_sample_frames=False)
-    if hasattr(processor, "image_processor") or len(media) > 1:
+    if hasattr(processor, "tokenizer") or len(media) > 1:  # a processor (its first parameter is images)
         return dict(processor(text=[text], **media, return_tensors="pt", add_special_tokens=False))
     if images:
         raise DataError("this model has no image processor but the sample has images")

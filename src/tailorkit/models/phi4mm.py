@@ -80,7 +80,7 @@ PHI4MM = Family(
     llm=("model.embed_tokens", "model.layers", "model.norm"),
     lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), build_tiny=build_phi4mm,
     model_class="Phi4MultimodalForCausalLM", processor_class="Phi4MultimodalProcessor", end_of_turn="<|end|>",
-    chat_template=PHI4MM_PATCH, adapter_by_input=ADAPTER_BY_INPUT,
+    chat_template=PHI4MM_PATCH, adapter_by_input=ADAPTER_BY_INPUT, media=("image", "audio"),
     notes="template patch: no eos_token after the last message; the audio embedder is 'other' (trains with the "
           "LLM unless --freeze_llm); the image processor fixes 448 px crops (~550 tokens for one small image); "
           "ships vision-lora/ and speech-lora/, which --train_type dummy finds and routes by modality",
