@@ -16,6 +16,7 @@ import torch
 from ..errors import DataError, TooLongError
 from .formats import Conversation, TextSample, count_media
 from .media import at_rate, load_audio, load_image, load_video
+from .tools import renders_tools
 
 IGNORE = -100
 
@@ -35,10 +36,23 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
+def render(processor, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    """The chat template's text; ``tools`` (the row's functions) go to the template's ``tools=``."""
     if hasattr(processor, "image_processor"):
         messages = as_content_parts(messages)
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    extra = {"tools": tools} if tools else {}
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **extra)
+
+
+def render_conversation(processor, conv: Conversation, messages: list[dict], add_generation_prompt: bool) -> str:
+    """``render`` of (a prefix of) a conversation with its tools; a template that would drop them is an error."""
+    if conv.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in conv.messages):
+        if not renders_tools(processor, render):
+            raise conv.error("this model's chat template does not render tools, tool calls and tool results (it "
+                             "would silently drop them)", field="tools",
+                             fix="pass --agent_template hermes to render them as <tool_call>/<tool_response> text")
+    return render(processor, messages, add_generation_prompt, tools=conv.tools)
 
 
 def as_content_parts(messages: list[dict]) -> list[dict]:
@@ -122,7 +136,7 @@ def _run(processor, text: str, media: dict[str, list], messages: list | None = N
 def encode_prompt(conv: Conversation, processor, images: list | None = None) -> Encoded:
     """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
     media = _media_of(conv, processor) if images is None else {"image": images, "video": [], "audio": []}
-    text = render(processor, conv.messages, add_generation_prompt=True)
+    text = render_conversation(processor, conv, conv.messages, add_generation_prompt=True)
     out = _run(processor, text, media)
     return _to_encoded(out, labels=None)
 
@@ -130,7 +144,7 @@ def encode_prompt(conv: Conversation, processor, images: list | None = None) -> 
 def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
     """Encode a full conversation with labels on the assistant replies (and their end-of-turn token)."""
     images = _media_of(conv, processor)
-    full = _run(processor, render(processor, conv.messages, False), images)
+    full = _run(processor, render_conversation(processor, conv, conv.messages, False), images)
     ids = full["input_ids"][0].tolist()
     labels = [IGNORE] * len(ids)
     tok = getattr(processor, "tokenizer", processor)
@@ -154,7 +168,7 @@ def encode(conv: Conversation, processor, *, max_length: int | None = None) -> E
 
 
 def _prefix_len(processor, conv, messages, gen_prompt: bool, images: list, full_ids: list[int]) -> int:
-    text = render(processor, messages, gen_prompt)
+    text = render_conversation(processor, conv, messages, gen_prompt)
     ids = _run(processor, text, images, messages)["input_ids"][0].tolist()
     if full_ids[: len(ids)] != ids:
         raise conv.error("the chat template does not render this conversation's prefix as a prefix of the whole "

@@ -83,7 +83,10 @@ def load_image(src, base_dir: str | None = None, *, source: str | None = None, l
 
 
 def _shown(src) -> str:
+    """A media source for an error message: paths and URLs whole, inline data cut short."""
     text = str(src) if not isinstance(src, bytes) else f"<{len(src)} bytes>"
+    if not text.startswith("data:"):
+        return text
     return text[:60] + ("..." if len(text) > 60 else "")
 
 

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..train.sft import CONFIG_FILE as RUN_CONFIG
 from ..train.sft import FINAL_DIR
 
-_RUN_MODEL_KEYS = ("model", "model_type", "torch_dtype", "attn_impl", "trust_remote_code")
+_RUN_MODEL_KEYS = ("model", "model_type", "torch_dtype", "attn_impl", "trust_remote_code", "agent_template")
 
 
 @dataclass
