@@ -74,3 +74,16 @@ def load_checkpoint(base_model_dir: str | Path, checkpoint: str | Path, auto_cla
         model.set_adapter([f.name for f in shipped])
         return model
     return auto.from_pretrained(str(ckpt), **kwargs)
+
+
+def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float = 440.0) -> Path:
+    """A mono 16-bit PCM .wav tone."""
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate), w.writeframes(samples.tobytes())
+    return path

@@ -50,6 +50,7 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
     from transformers import AutoConfig
 
     from .models.load import load_processor, resolve_dtype, resolve_family
+    from .data.tools import apply_agent_template
     from .models.media_budget import apply_media_budget
 
     m = cfg.model
@@ -57,6 +58,7 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
     family = resolve_family(config, m.model_type, m.trust_remote_code)
     processor = load_processor(m.model, m.trust_remote_code, family.chat_template)
     budget = apply_media_budget(processor, m)
+    apply_agent_template(processor, m.agent_template)
     data = check_data(cfg.data.dataset + cfg.data.val_dataset, processor, max_length=cfg.data.max_length,
                       truncation=cfg.data.truncation_strategy, system=cfg.data.system)
     seq_len = min(max(data.lengths, default=1), cfg.data.max_length)

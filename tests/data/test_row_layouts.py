@@ -204,18 +204,3 @@ def test_audio_rows_parse_and_wav_decodes(tmp_path, tiny_vl_dir):
     assert conv.audios == ["a.wav"] and conv.messages[0]["content"][0] == {"type": "audio"}
     with pytest.raises(DataError, match=r"audio\.jsonl:1: audios: the row has audios but this model's processor"):
         encode(conv, load_processor(str(tiny_vl_dir)))
-
-
-def test_video_file_without_a_decoder_is_a_clear_error(tmp_path, vl_processor):
-    import importlib.util
-
-    from tailorkit.errors import DataError
-
-    if any(importlib.util.find_spec(m) for m in ("av", "decord", "torchcodec", "cv2")):
-        pytest.skip("a video decoder is installed here; this test covers machines without one")
-    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 64)
-    row = {"messages": [{"role": "user", "content": "<video>What is it?"}, {"role": "assistant", "content": "a dog"}],
-           "videos": ["clip.mp4"]}
-    [conv] = load_conversations([write_jsonl(tmp_path / "v.jsonl", [row])])
-    with pytest.raises(DataError, match=r"v\.jsonl:1: videos: cannot decode video .*clip\.mp4: no video decoder"):
-        encode(conv, vl_processor)

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+from helpers import write_wav
 from tailorkit.config.train import DataArgs, ModelArgs, SftConfig, TrainArgs, TunerArgs
 from tailorkit.data.encode import IGNORE, encode, encode_prompt
 from tailorkit.data.formats import Conversation, parse_row
@@ -47,18 +48,30 @@ def image_path(tmp_path_factory):
     return path
 
 
-def _row(multimodal: bool) -> dict:
-    first = "<image>What colour is the shape?" if multimodal else "What colour is the shape?"
+def _media_kind(fam) -> str | None:
+    """The media the family's tiny rows carry: images, or audio for an audio-only family (Qwen2-Audio)."""
+    return fam.media[0] if fam.is_multimodal else None
+
+
+def _row(fam) -> dict:
+    kind = _media_kind(fam)
+    first = f"<{kind}>What colour is the shape?" if kind else "What colour is the shape?"
     return {"messages": [{"role": "user", "content": first}, {"role": "assistant", "content": "red"},
                          {"role": "user", "content": "What shape is this?"},
                          {"role": "assistant", "content": "a square"}]}
 
 
 def _conversation(fam, image_path) -> Conversation:
-    row = _row(fam.is_multimodal)
-    if fam.is_multimodal:
-        row["images"] = [str(image_path)]
+    row = _row(fam)
+    if _media_kind(fam):
+        row[f"{_media_kind(fam)}s"] = [str(_media_file(fam, image_path))]
     return parse_row(row, source="test.jsonl", line=1)
+
+
+def _media_file(fam, image_path):
+    if _media_kind(fam) == "audio":
+        return write_wav(image_path.parent / "tone.wav")
+    return image_path
 
 
 def _bundle(name, family_dirs) -> ModelBundle:
@@ -73,7 +86,8 @@ def test_prompt_is_training_prefix(name, family_dirs, image_path):
     conv = _conversation(bundle.family, image_path)
     enc = encode(conv, bundle.processor)
     first = next(i for i, label in enumerate(enc.labels) if label != IGNORE)
-    prompt_conv = Conversation(messages=conv.messages[:1], images=conv.images, source=conv.source, line=1)
+    prompt_conv = Conversation(messages=conv.messages[:1], images=conv.images, audios=conv.audios,
+                               source=conv.source, line=1)
     prompt = encode_prompt(prompt_conv, bundle.processor)
     assert prompt.input_ids == enc.input_ids[:first]
     for key, value in prompt.media.items():
@@ -126,9 +140,9 @@ def _matching(fam, pname: str) -> set[str]:
 def test_one_sft_step_with_image(name, family_dirs, image_path, tmp_path):
     fam = FAMILIES[name]
     data = tmp_path / "train.jsonl"
-    row = _row(fam.is_multimodal)
-    if fam.is_multimodal:
-        row["images"] = [str(image_path)]
+    row = _row(fam)
+    if _media_kind(fam):
+        row[f"{_media_kind(fam)}s"] = [str(_media_file(fam, image_path))]
     data.write_text(json.dumps(row) + "\n")
     cfg = SftConfig(model=ModelArgs(model=str(family_dirs(name)), torch_dtype="float32",
                                     trust_remote_code=fam.trust_remote_code),
@@ -203,6 +217,7 @@ INFERENCE_DIFFERS = {
     "llava_next": "the learned image_newline has no conventional name and is 'other'",
     "llava_onevision": "the learned image_newline has no conventional name and is 'other'",
     "phi4_multimodal": "img_projection_up/down have no conventional aligner name and stay in the vision tower",
+    "qwen2_audio": "the audio tower has no conventional vision-tower name and is 'other'",
 }
 
 

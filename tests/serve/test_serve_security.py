@@ -158,7 +158,10 @@ def test_oversized_bodies_are_413(server):
     ({**CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({**CHAT, "model": "nope"}, 404, "model"),
     ({**CHAT, "logprobs": True}, 400, "logprobs"),
-    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    # this model's template has no tools (it would drop them): refused, naming --agent_template
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "messages"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}, 400,
+     "tool_choice"),
     ({**CHAT, "logprobs": False, "user": "someone", "frequency_penalty": 0}, 200, None),
     ({**CHAT, "messages": [{"role": "user", "content": "red " * 4100}]}, 400, "messages"),
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, 200, None),

@@ -103,7 +103,7 @@ def test_lora_prefix_lists_are_saved(tiny_vl_dir, vl_data, tmp_path):
     assert layer0 == []
 
 
-def test_new_lora_on_shipped_adapters_warns(shipped_model, vl_data, tmp_path):
+def test_new_lora_on_shipped_adapters_warns(shipped_model, vl_data, tmp_path, tiny_vl_dir):
     from tailorkit.config.train import ModelArgs, TunerArgs
     from tailorkit.models.load import load_bundle
     from tailorkit.tuners.adapters import apply_tuner
@@ -113,8 +113,13 @@ def test_new_lora_on_shipped_adapters_warns(shipped_model, vl_data, tmp_path):
     with pytest.warns(UserWarning, match="--train_type dummy"):
         apply_tuner(bundle, TunerArgs(train_type="lora", adapters=[str(shipped)]))
     from tailorkit.errors import ConfigError
+    # without --adapters, dummy finds the peft folders inside the model directory (as Phi-4-multimodal ships them)
+    found, _ = apply_tuner(load_bundle(ModelArgs(model=str(base_dir), torch_dtype="float32")),
+                        TunerArgs(train_type="dummy"))
+    assert set(found.peft_config) == {shipped.name}
     with pytest.raises(ConfigError, match="has none"):
-        apply_tuner(load_bundle(ModelArgs(model=str(base_dir), torch_dtype="float32")), TunerArgs(train_type="dummy"))
+        apply_tuner(load_bundle(ModelArgs(model=str(tiny_vl_dir), torch_dtype="float32")),
+                    TunerArgs(train_type="dummy"))
 
 
 def test_dummy_trains_the_shipped_adapters(shipped_model, tmp_path, vl_data):

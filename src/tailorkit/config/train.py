@@ -26,8 +26,11 @@ class ModelArgs:
     max_pixels: int | None = arg(None, "image token budget: most pixels per image after resizing (saved with the "
                                 "checkpoint's processor, so inference uses the same)")
     min_pixels: int | None = arg(None, "image token budget: fewest pixels per image after resizing (saved likewise)")
-    video_max_frames: int | None = arg(None, "most frames sampled per video (processors that sample frames)")
-    fps: float | None = arg(None, "frames per second sampled from videos (processors that sample frames)")
+    video_max_frames: int | None = arg(None, "most frames decoded per video, evenly spread (after --fps)")
+    fps: float | None = arg(None, "frames per second decoded from video files (evenly spread; default: every frame)")
+    agent_template: str | None = arg(None, "render tools, tool calls and results for a model whose chat template "
+                                     "lacks them: hermes (<tool_call>/<tool_response> text); saved with the "
+                                     "checkpoint's template", choices=(None, "hermes"))
 
     def __post_init__(self):
         if self.torch_dtype not in DTYPES:

@@ -15,7 +15,8 @@ import torch
 
 from ..errors import DataError, TooLongError
 from .formats import Conversation, TextSample, count_media
-from .media import load_audio, load_image, load_video
+from .media import at_rate, load_audio, load_image, load_video
+from .tools import renders_tools
 
 IGNORE = -100
 
@@ -35,10 +36,23 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
+def render(processor, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    """The chat template's text; ``tools`` (the row's functions) go to the template's ``tools=``."""
     if hasattr(processor, "image_processor"):
         messages = as_content_parts(messages)
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    extra = {"tools": tools} if tools else {}
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **extra)
+
+
+def render_conversation(processor, conv: Conversation, messages: list[dict], add_generation_prompt: bool) -> str:
+    """``render`` of (a prefix of) a conversation with its tools; a template that would drop them is an error."""
+    if conv.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in conv.messages):
+        if not renders_tools(processor, render):
+            raise conv.error("this model's chat template does not render tools, tool calls and tool results (it "
+                             "would silently drop them)", field="tools",
+                             fix="pass --agent_template hermes to render them as <tool_call>/<tool_response> text")
+    return render(processor, messages, add_generation_prompt, tools=conv.tools)
 
 
 def as_content_parts(messages: list[dict]) -> list[dict]:
@@ -49,14 +63,21 @@ def as_content_parts(messages: list[dict]) -> list[dict]:
 
 
 def run_processor(processor, text: str, images: list, videos: list | None = None, audios: list | None = None) -> dict:
-    """The processor's output for one rendered text (no special tokens added: the template has them)."""
+    """The processor's output for one rendered text (no special tokens added: the template has them).
+
+    ``videos`` are decoded ``media.Video`` objects (already sampled: the processor must not sample again)."""
     media = {"images": images or None}
     for name, given, owner in (("videos", videos, "video_processor"), ("audio", audios, "feature_extractor")):
-        if given and not hasattr(processor, owner):
+        if given and _part(processor, owner) is None:
             raise DataError(f"this model's processor has no {owner} but the sample has {name}")
         if given:
             media[name] = given
-    if hasattr(processor, "image_processor") or len(media) > 1:
+    if audios:  # the samples are at the extractor's rate (data/media.at_rate); saying so stops its guessing
+        media["sampling_rate"] = _part(processor, "feature_extractor").sampling_rate
+    if videos:
+        media["videos"] = [v.frames for v in videos]
+        media.update(video_metadata=[v.metadata() for v in videos], do_sample_frames=False)
+    if hasattr(processor, "tokenizer") or len(media) > 1:  # a processor (its first parameter is images)
         return dict(processor(text=[text], **media, return_tensors="pt", add_special_tokens=False))
     if images:
         raise DataError("this model has no image processor but the sample has images")
@@ -81,12 +102,28 @@ def _media_of(conv: Conversation, processor) -> dict[str, list]:
     """Decoded media of a conversation by kind (image, video, audio), in placeholder order."""
     where = dict(source=conv.source, line=conv.line)
     for kind, owner in (("image", "image_processor"), ("video", "video_processor"), ("audio", "feature_extractor")):
-        if conv.media(kind) and not hasattr(processor, owner):
+        if conv.media(kind) and _part(processor, owner) is None:
             raise conv.error(f"the row has {kind}s but this model's processor has no {owner}", field=f"{kind}s",
                              fix=f"use a model that takes {kind}s or remove them from the data")
+    budget = video_budget(processor)
+    rate = getattr(_part(processor, "feature_extractor"), "sampling_rate", None)
     return {"image": _images_of(conv),
-            "video": [load_video(src, conv.base_dir, **where) for src in conv.videos],
-            "audio": [load_audio(src, conv.base_dir, **where)[0] for src in conv.audios]}
+            "video": [load_video(src, conv.base_dir, **budget, **where) for src in conv.videos],
+            "audio": [at_rate(*load_audio(src, conv.base_dir, **where), rate) for src in conv.audios]}
+
+
+def _part(processor, owner: str):
+    """A processor's sub-processor; audio feature extractors go by two names (Phi-4's is ``audio_processor``)."""
+    found = getattr(processor, owner, None)
+    if found is None and owner == "feature_extractor":
+        found = getattr(processor, "audio_processor", None)
+    return found
+
+
+def video_budget(processor) -> dict:
+    """--fps / --video_max_frames as written into the processor's video processor (models/media_budget.py)."""
+    proc = getattr(processor, "video_processor", None)
+    return {"fps": getattr(proc, "fps", None), "max_frames": getattr(proc, "max_frames", None)}
 
 
 def _run(processor, text: str, media: dict[str, list], messages: list | None = None) -> dict:
@@ -100,7 +137,7 @@ def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
                   max_length: int | None = None) -> Encoded:
     """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
     media = _media_of(conv, processor) if images is None else {"image": images, "video": [], "audio": []}
-    text = render(processor, conv.messages, add_generation_prompt=True)
+    text = render_conversation(processor, conv, conv.messages, add_generation_prompt=True)
     out = _run(processor, text, media)
     return check_length(_to_encoded(out, labels=None), max_length, conv.source, conv.line, "messages")
 
@@ -108,7 +145,7 @@ def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
 def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
     """Encode a full conversation with labels on the assistant replies (and their end-of-turn token)."""
     images = _media_of(conv, processor)
-    full = _run(processor, render(processor, conv.messages, False), images)
+    full = _run(processor, render_conversation(processor, conv, conv.messages, False), images)
     ids = full["input_ids"][0].tolist()
     labels = [IGNORE] * len(ids)
     tok = getattr(processor, "tokenizer", processor)
@@ -136,7 +173,7 @@ def check_length(enc: Encoded, max_length: int | None, source, line, field: str)
 
 
 def _prefix_len(processor, conv, messages, gen_prompt: bool, images: list, full_ids: list[int]) -> int:
-    text = render(processor, messages, gen_prompt)
+    text = render_conversation(processor, conv, messages, gen_prompt)
     ids = _run(processor, text, images, messages)["input_ids"][0].tolist()
     if full_ids[: len(ids)] != ids:
         raise conv.error("the chat template does not render this conversation's prefix as a prefix of the whole "

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from ..errors import DataError
 from .layouts import detect_layout, preference_of, to_messages
+from .tools import parse_tool_calls, parse_tools, to_openai_messages
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MEDIA_KINDS = ("image", "video", "audio")
 MEDIA_TAGS = {kind: f"<{kind}>" for kind in MEDIA_KINDS}
 _TAG_RE = re.compile("(" + "|".join(map(re.escape, MEDIA_TAGS.values())) + ")")
@@ -42,6 +43,7 @@ class Conversation:
     layout: str = "messages"  # the row layout it was read from
     rejected: list[dict] | None = None  # preference pair: the same prompt with the rejected reply
     label: bool | None = None  # KTO: whether the reply is desirable
+    tools: list[dict] | None = None  # functions the assistant may call (rendered with the template's tools=)
 
     def error(self, problem: str, field: str | None = None, fix: str | None = None) -> DataError:
         return DataError(problem, source=self.source, line=self.line, field=field, fix=fix)
@@ -80,8 +82,10 @@ def _parse_row(row, source, line, base_dir, system, need_reply) -> Conversation:
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}")
     layout = detect_layout(row)
-    raw = to_messages(row, layout)
+    raw = to_openai_messages(to_messages(row, layout))
     conv = Conversation(messages=[], source=source, line=line, base_dir=base_dir, layout=layout)
+    if row.get("tools") is not None:
+        conv.tools = parse_tools(row["tools"])
     from_parts = {kind: [] for kind in MEDIA_KINDS}
     conv.messages = [_parse_message(msg, i, conv, from_parts) for i, msg in enumerate(raw)]
     for kind in MEDIA_KINDS:
@@ -115,11 +119,14 @@ def _url_of(value):
 
 def _parse_message(msg, i: int, conv: Conversation, from_parts: dict, name: str = "messages") -> dict:
     fname = f"{name}[{i}]"
-    if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+    if not isinstance(msg, dict) or "role" not in msg or ("content" not in msg and not msg.get("tool_calls")):
         raise conv.error("each message needs 'role' and 'content'", field=fname)
-    role, content = msg["role"], msg["content"]
+    role, content = msg["role"], msg.get("content")
     if role not in ROLES:
-        raise conv.error(f"role {role!r} is not one of {', '.join(ROLES)}", field=f"{fname}.role")
+        raise conv.error(f"role {role!r} is not one of {', '.join(ROLES)} (or ms-swift's tool_call, tool_response)",
+                         field=f"{fname}.role")
+    if role == "tool" or (role == "assistant" and msg.get("tool_calls")):
+        return _agent_message(msg, fname, conv)
     if isinstance(content, str):
         return {"role": role, "content": split_tags(content)}
     if not isinstance(content, list):
@@ -139,6 +146,21 @@ def _parse_message(msg, i: int, conv: Conversation, from_parts: dict, name: str 
             raise conv.error(f"unknown content part type {kind!r}", field=f"{fname}.content[{j}]",
                              fix="parts are text, image, image_url, video, video_url, audio or audio_url")
     return {"role": role, "content": _merge_text(parts)}
+
+
+def _agent_message(msg: dict, fname: str, conv: Conversation) -> dict:
+    """A tool result or an assistant turn with tool calls: text only (no media tags are read inside them)."""
+    content = msg.get("content")
+    if content is None:
+        content = ""
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        content = "".join(p.get("text", "") for p in content)
+    if not isinstance(content, str):
+        raise conv.error("must be a string (or text parts)", field=f"{fname}.content")
+    if msg["role"] == "tool":
+        return {"role": "tool", "content": content, **{k: msg[k] for k in ("tool_call_id", "name") if k in msg}}
+    return {"role": "assistant", "content": content,
+            "tool_calls": parse_tool_calls(msg["tool_calls"], f"{fname}.tool_calls")}
 
 
 def split_tags(text: str):
@@ -186,21 +208,28 @@ def check_conversation(conv: Conversation, *, need_reply: bool = True) -> None:
 
 
 def check_roles(conv: Conversation, msgs: list[dict], *, need_reply: bool = True, name: str = "messages") -> None:
-    """After an optional system message, user and assistant alternate; replies are not empty."""
+    """After an optional system message, user and assistant alternate; an assistant turn with tool_calls is
+    followed by one or more tool results, then the assistant again. Replies are not empty."""
     start = 1 if msgs[0]["role"] == "system" else 0
     if start == len(msgs):
         raise conv.error("there is no user message", field=name)
-    expected = "user"
+    expected = ("user",)
     for i, m in enumerate(msgs[start:], start):
-        if m["role"] != expected:
-            raise conv.error(f"role {m['role']!r} where {expected!r} was expected (after an optional system "
-                             "message, user and assistant alternate)", field=f"{name}[{i}].role")
-        if m["role"] == "assistant" and not text_of(m["content"]).strip():
+        if m["role"] not in expected:
+            raise conv.error(f"role {m['role']!r} where {' or '.join(map(repr, expected))} was expected (after an "
+                             "optional system message, user and assistant alternate; tool results follow an "
+                             "assistant's tool_calls)", field=f"{name}[{i}].role")
+        calls = m.get("tool_calls")
+        if m["role"] == "assistant" and not calls and not text_of(m["content"]).strip():
             raise conv.error("the assistant reply is empty", field=f"{name}[{i}].content",
                              fix="remove the row or write the reply")
-        expected = "assistant" if expected == "user" else "user"
+        expected = {"user": ("assistant",), "tool": ("tool", "assistant")}.get(
+            m["role"], ("tool",) if calls else ("user",))
     if need_reply and msgs[-1]["role"] != "assistant":
         raise conv.error("the last message must be the assistant's reply", field=f"{name}[{len(msgs) - 1}]")
+    if not need_reply and msgs[-1].get("tool_calls"):
+        raise conv.error("the conversation ends with tool calls; give their results (role tool) to continue",
+                         field=f"{name}[{len(msgs) - 1}]")
 
 
 def _parse_rejected(raw: list, conv: Conversation, system: str | None) -> list[dict]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from ..errors import DataError
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+                  "function_call": "tool_call", "observation": "tool_response", "tool_call": "tool_call",
+                  "tool_response": "tool_response", "tool": "tool"}
 LAYOUT_HINT = ('rows look like {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}, '
                '{"conversations": [{"from": "human", "value": "..."}, ...]}, '
                '{"instruction": ..., "input": ..., "output": ...} or {"query": ..., "response": ..., "history": [...]}')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
@@ -49,53 +50,144 @@ def read_media_bytes(src: str, base_dir: str | None) -> bytes:
 
 def load_image(src, base_dir: str | None = None, *, source: str | None = None, line: int | None = None,
                field: str = "images"):
-    """A decoded RGB PIL image; unreadable media is a DataError naming the row."""
+    """A decoded RGB PIL image as a viewer shows it; unreadable media is a DataError naming the row.
+
+    EXIF orientation is applied (a phone photo stored sideways is turned upright), 16-bit and 32-bit
+    greyscale is scaled to 8 bits (a plain conversion clips it to almost white), and an animated image is
+    refused: its first frame alone would silently stand for it (give it under ``videos`` instead).
+    """
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(src, Image.Image):
-        return src.convert("RGB")
+        return as_viewed(src)
     if isinstance(src, dict):  # {"bytes": ..., "path": ...} as written by `datasets`
         src = src.get("bytes") or src.get("path")
+    where = dict(source=source, line=line, field=field)
     try:
         data = src if isinstance(src, bytes) else read_media_bytes(str(src), base_dir)
         image = Image.open(io.BytesIO(data))
         image.load()
-        return image.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"image file {resolve_path(str(src), base_dir)} does not exist", source=source, line=line,
-                        field=field, fix="fix the path; relative paths resolve against the dataset file's folder")
+        raise DataError(f"image file {resolve_path(str(src), base_dir)} does not exist", **where,
+                        fix="fix the path; relative paths resolve against the dataset file's folder") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        shown = str(src)[:60] + ("..." if len(str(src)) > 60 else "")
         why = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise DataError(f"cannot decode image {shown}: {why}", source=source, line=line, field=field,
+        raise DataError(f"cannot decode image {_shown(src)}: {why}", **where,
                         fix="replace or remove the corrupt file") from None
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise DataError(f"image {_shown(src)} is animated ({frames} frames); one image would silently stand "
+                        "for all of them", **where,
+                        fix="give it under 'videos' (decoded frame by frame) or save the frame you mean as PNG")
+    return as_viewed(image)
 
 
-def load_video(src, base_dir: str | None = None, *, source: str | None = None, line: int | None = None,
-               field: str = "videos"):
-    """A video as a list of decoded frames (given as a list of images), or the resolved file/URL for the
-    processor to decode (it needs a video backend such as av or decord)."""
+def _shown(src) -> str:
+    """A media source for an error message: paths and URLs whole, inline data cut short."""
+    text = str(src) if not isinstance(src, bytes) else f"<{len(src)} bytes>"
+    if not text.startswith("data:"):
+        return text
+    return text[:60] + ("..." if len(text) > 60 else "")
+
+
+def as_viewed(image):
+    """RGB as an image viewer shows it: EXIF rotation applied, high bit depths scaled (not clipped) to 8 bits."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() <= 65535 else float(2 ** 32 - 1)
+        image = Image.fromarray(np.clip(np.rint(values * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":  # float pixels are taken as 0..1
+        import numpy as np
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+@dataclass
+class Video:
+    """Decoded frames of one video (sampled by --fps / --video_max_frames) and where they came from."""
+
+    frames: list  # RGB frames (numpy HxWx3 uint8 for files, PIL images for frame lists)
+    indices: list[int]  # frame numbers of ``frames`` in the whole video
+    total: int  # frames in the whole video
+    fps: float | None  # the file's frame rate; None for a frame list
+
+    def metadata(self):
+        """transformers' VideoMetadata: the processor derives time steps (Qwen's second_per_grid_ts) from it."""
+        from transformers.video_utils import VideoMetadata
+
+        first = self.frames[0]
+        height, width = (first.shape[:2] if hasattr(first, "shape") else (first.height, first.width))
+        return VideoMetadata(total_num_frames=self.total, fps=self.fps, frames_indices=list(self.indices),
+                             duration=self.total / self.fps if self.fps else None, height=height, width=width,
+                             video_backend="pyav")
+
+
+def sample_indices(total: int, video_fps: float | None, fps: float | None, max_frames: int | None) -> list[int]:
+    """Frame numbers kept from a video of ``total`` frames: ``fps`` frames per second of its duration (evenly
+    spread, at least one), then at most ``max_frames`` of those, evenly spread."""
+    import numpy as np
+
+    picked = list(range(total))
+    if fps is not None and video_fps:
+        n = min(total, max(1, int(total / video_fps * fps)))
+        picked = [int(i) for i in np.linspace(0, total - 1, n).round()]
+    if max_frames is not None and len(picked) > max_frames:
+        picked = [picked[int(i)] for i in np.linspace(0, len(picked) - 1, max_frames).round()]
+    return picked
+
+
+def load_video(src, base_dir: str | None = None, *, fps: float | None = None, max_frames: int | None = None,
+               source: str | None = None, line: int | None = None, field: str = "videos") -> Video:
+    """A video's frames, sampled at ``fps`` and capped at ``max_frames``: a file, URL or data URI decoded
+    with PyAV (mp4, webm, mkv, avi, gif ...), or a list of frame images (taken as already sampled at an
+    unknown rate: only ``max_frames`` applies)."""
+    where = dict(source=source, line=line, field=field)
     if isinstance(src, list):
         if not src:
-            raise DataError("a video given as frames needs at least one frame", source=source, line=line, field=field)
-        return [load_image(f, base_dir, source=source, line=line, field=field) for f in src]
-    if isinstance(src, str) and not src.startswith(("data:", "http://", "https://")):
-        path = resolve_path(src, base_dir)
-        if not path.is_file():
-            raise DataError(f"video file {path} does not exist", source=source, line=line, field=field,
-                            fix="fix the path; relative paths resolve against the dataset file's folder")
-        _need_video_backend(str(path), source=source, line=line, field=field)
-        return str(path)
-    return src
+            raise DataError("a video given as frames needs at least one frame", **where)
+        keep = sample_indices(len(src), None, None, max_frames)
+        return Video([load_image(src[i], base_dir, **where) for i in keep], keep, len(src), None)
+    if isinstance(src, dict):  # {"bytes": ..., "path": ...} as written by `datasets`
+        src = src.get("bytes") or src.get("path")
+    try:
+        data = src if isinstance(src, bytes) else read_media_bytes(str(src), base_dir)
+    except FileNotFoundError:
+        raise DataError(f"video file {resolve_path(str(src), base_dir)} does not exist", **where,
+                        fix="fix the path; relative paths resolve against the dataset file's folder") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read video {_shown(src)}: {e}", **where) from None
+    return _decode_video(data, _shown(src), fps, max_frames, where)
 
 
-def _need_video_backend(path: str, **where) -> None:
-    """Video files are decoded by the processor through av, decord, torchcodec or opencv; one must be installed."""
-    import importlib.util
+def _decode_video(data: bytes, shown: str, fps: float | None, max_frames: int | None, where: dict) -> Video:
+    import av
 
-    if not any(importlib.util.find_spec(m) for m in ("av", "decord", "torchcodec", "cv2")):
-        raise DataError(f"cannot decode video {path}: no video decoder is installed", **where,
-                        fix="pip install av, or give the video as a list of frame images")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise DataError(f"video {shown} has no video stream", **where, fix="give a video file")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+            total = stream.frames or sum(1 for _ in container.decode(stream))
+            if not stream.frames:
+                container.seek(0)
+            keep = sample_indices(total, rate, fps, max_frames)
+            wanted, frames = set(keep), []
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+    except av.error.FFmpegError as e:
+        raise DataError(f"cannot decode video {shown}: {e}", **where, fix="replace or remove the corrupt file") \
+            from None
+    if not frames or len(frames) < len(keep):
+        raise DataError(f"cannot decode video {shown}: {len(frames)} of the {total} frames it declares could be "
+                        "decoded", **where, fix="replace or remove the corrupt file")
+    return Video(frames, keep, total, rate)
 
 
 def load_audio(src, base_dir: str | None = None, *, source: str | None = None, line: int | None = None,
@@ -124,3 +216,15 @@ def load_audio(src, base_dir: str | None = None, *, source: str | None = None, l
     dtype, offset, scale = kinds[width]
     samples = (np.frombuffer(raw, dtype=dtype).astype(np.float32) - offset) / scale
     return samples.reshape(-1, channels).mean(axis=1), rate
+
+
+def at_rate(samples, rate: int, target: int | None):
+    """Audio samples at the feature extractor's sampling rate (linear interpolation when they differ): the
+    extractor takes bare arrays at its own rate, so audio at another rate would silently play at the wrong
+    speed."""
+    import numpy as np
+
+    if target is None or rate == target or len(samples) == 0:
+        return samples
+    n = max(1, int(round(len(samples) * target / rate)))
+    return np.interp(np.arange(n) * (rate / target), np.arange(len(samples)), samples).astype(np.float32)

@@ -5,6 +5,10 @@ the 0-based row index for json lists, parquet files and `datasets` data. Rows fr
 drop their ``None`` cells, so a column that only some rows use does not look present in the others.
 A jsonl line that is not valid JSON is yielded as its ``DataError`` (in place of the row), so that a
 reader can report it and go on to the next line.
+
+Below the JSON level (`encodings.py`): gzip-compressed files are read whatever their name, a UTF-8 byte
+order mark is dropped, text that is not UTF-8 is an error naming the line, a key given twice in one
+object is an error (JSON parsers would keep the last one silently), and a file with no rows is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DataError
+from .encodings import decoded_lines, json_loads, read_text, suffix_of
 
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 # CSV cells of these columns hold JSON (lists of messages, media lists ...), decoded when they look like it.
@@ -46,10 +51,12 @@ def iter_rows(path: str, *, streaming: bool = False) -> Iterator[tuple[int, obje
     p = Path(path)
     if p.is_file():
         readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
-        if p.suffix not in readers:
-            raise DataError(f"unsupported dataset file type {p.suffix!r} for {path}; use one of "
-                            f"{', '.join(FILE_TYPES)}, a folder saved by `datasets` or a hub id")
-        yield from readers[p.suffix](p)
+        suffix = suffix_of(p)
+        if suffix not in readers:
+            raise DataError(f"unsupported dataset file type {suffix!r} for {path}; use one of "
+                            f"{', '.join(FILE_TYPES)} (optionally gzip-compressed, .gz), a folder saved by "
+                            "`datasets` or a hub id")
+        yield from _not_empty(readers[suffix](p), path)
     elif p.is_dir():
         yield from _datasets_rows(path, streaming=streaming)
     elif p.suffix in FILE_TYPES or p.is_absolute() or path.startswith("."):
@@ -58,22 +65,38 @@ def iter_rows(path: str, *, streaming: bool = False) -> Iterator[tuple[int, obje
         yield from _datasets_rows(path, streaming=streaming)
 
 
+def _not_empty(rows: Iterator, path: str):
+    """The rows, or an error naming the file when it holds none (so doctor and sft stop before any model loads)."""
+    empty = True
+    for item in rows:
+        empty = False
+        yield item
+    if empty:
+        raise DataError("the file holds no rows", source=path, line=1,
+                        fix="write one row per line (jsonl), a list of rows (json) or a header and rows (csv)")
+
+
 def _jsonl_rows(p: Path):
-    with p.open(encoding="utf-8") as f:
-        for n, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                row = DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=str(p), line=n,
-                                fix="each line must be one JSON object")
-            yield n, row
+    for n, text in decoded_lines(p):
+        if isinstance(text, DataError) or not text.strip():
+            if isinstance(text, DataError):
+                yield n, text
+            continue
+        try:
+            row = json_loads(text)
+        except json.JSONDecodeError as e:
+            row = DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=str(p), line=n,
+                            fix="each line must be one JSON object")
+        except DataError as e:  # a key given twice
+            row = DataError(e.problem, source=str(p), line=n, field=e.field, fix=e.fix)
+        yield n, row
 
 
 def _json_rows(p: Path):
     try:
-        rows = json.loads(p.read_text(encoding="utf-8"))
+        rows = json_loads(read_text(p))
+    except DataError as e:
+        raise DataError(e.problem, source=str(p), line=e.line, field=e.field, fix=e.fix) from None
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=str(p), line=e.lineno,
                         fix="a .json dataset is one JSON list of row objects") from None
@@ -83,23 +106,33 @@ def _json_rows(p: Path):
 
 
 def _csv_rows(p: Path):
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        start = 2
-        for record in reader:
-            row = {k: v for k, v in record.items() if k is not None and v not in (None, "")}
-            for key in _JSON_COLUMNS:
-                if isinstance(row.get(key), str) and row[key].lstrip()[:1] in ("[", "{"):
-                    try:
-                        row[key] = json.loads(row[key])
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"the cell is not valid JSON: {e.msg}", source=str(p), line=start,
-                                        field=key, fix="quote the JSON list inside the CSV cell") from None
-            if isinstance(row.get("label"), str):
-                row["label"] = {"true": True, "false": False, "1": True, "0": False}.get(
-                    row["label"].strip().lower(), row["label"])
-            yield start, row
-            start = reader.line_num + 1
+    def lines():
+        for _, text in decoded_lines(p):
+            if isinstance(text, DataError):  # csv records may span lines: the file cannot go on past it
+                raise text
+            yield text
+
+    yield from _csv_records(p, csv.DictReader(lines()))
+
+
+def _csv_records(p: Path, reader: csv.DictReader):
+    start = 2
+    for record in reader:
+        row = {k: v for k, v in record.items() if k is not None and v not in (None, "")}
+        for key in _JSON_COLUMNS:
+            if isinstance(row.get(key), str) and row[key].lstrip()[:1] in ("[", "{"):
+                try:
+                    row[key] = json_loads(row[key])
+                except json.JSONDecodeError as e:
+                    raise DataError(f"the cell is not valid JSON: {e.msg}", source=str(p), line=start,
+                                    field=key, fix="quote the JSON list inside the CSV cell") from None
+                except DataError as e:
+                    raise DataError(e.problem, source=str(p), line=start, field=key, fix=e.fix) from None
+        if isinstance(row.get("label"), str):
+            row["label"] = {"true": True, "false": False, "1": True, "0": False}.get(
+                row["label"].strip().lower(), row["label"])
+        yield start, row
+        start = reader.line_num + 1
 
 
 def _parquet_rows(p: Path):

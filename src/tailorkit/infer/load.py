@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..run_files import CONFIG_FILE as RUN_CONFIG
 from ..run_files import FINAL_DIR
 
-_RUN_MODEL_KEYS = ("model", "model_type", "torch_dtype", "attn_impl", "trust_remote_code")
+_RUN_MODEL_KEYS = ("model", "model_type", "torch_dtype", "attn_impl", "trust_remote_code", "agent_template")
 
 
 @dataclass

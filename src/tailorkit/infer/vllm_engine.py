@@ -9,7 +9,7 @@ the rendered chat text plus the images, which vLLM expands with the same process
 
 from __future__ import annotations
 
-from ..data.encode import Encoded, render
+from ..data.encode import Encoded, render_conversation
 from ..data.media import load_image
 from ..errors import ConfigError
 from .engine import Completion, OnText, Request, encode_request
@@ -21,7 +21,7 @@ def vllm_inputs(request: Request, processor) -> dict:
     if conv is None or not conv.images:
         return {"prompt_token_ids": encode_request(request, processor).input_ids}
     images = [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
-    return {"prompt": render(processor, conv.messages, add_generation_prompt=True),
+    return {"prompt": render_conversation(processor, conv, conv.messages, True),
             "multi_modal_data": {"image": images}}
 
 

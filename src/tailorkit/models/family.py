@@ -41,6 +41,10 @@ class Family:
     # Why --packing/--padding_free cannot be exact for this family ("" = packed rows are exact, proven by
     # tests/test_packing_parity.py); a non-empty reason makes them refuse the family before weights load.
     packing_refusal: str = ""
+    # Shipped peft adapters that the model's own code switches by modality: (batch input key, adapter name)
+    # pairs in priority order; a batch holding none of the keys runs with no adapter (tuners/modality.py).
+    adapter_by_input: tuple[tuple[str, str], ...] = ()
+    media: tuple[str, ...] = ("image",)  # media kinds the processor takes (multimodal families; tests use the first)
     support: str = "tiny random build: prompt = train prefix, supervised = replies, 1 sft step with an image"
 
     @property

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config.train import ModelArgs
+from ..data.tools import apply_agent_template
 from ..errors import ModelError
 from .family import Family
 from .media_budget import apply_media_budget
@@ -169,6 +170,7 @@ def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
                          "--trust_remote_code true after reading the model's code")
     processor = load_processor(path, args.trust_remote_code, family.chat_template if family else None)
     apply_media_budget(processor, args)
+    apply_agent_template(processor, args.agent_template)
     auto_name = family.auto_class if family is not None else auto_class_for(config)
     auto = getattr(transformers, auto_name)
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code)

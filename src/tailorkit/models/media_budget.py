@@ -51,18 +51,14 @@ def _image_pixels(processor, max_pixels: int | None, min_pixels: int | None) -> 
 
 
 def _video_frames(processor, max_frames: int | None, fps: float | None) -> dict:
+    """Written as the video processor's ``fps`` / ``max_frames``: tailorkit decodes videos itself (PyAV) and
+    samples frames by these two (data/media.py), for every video processor, so they hold for any family."""
     proc = getattr(processor, "video_processor", None)
     if proc is None:
         raise ConfigError("--video_max_frames/--fps need a model whose processor takes videos; drop these settings")
     applied = {}
     for attr, value in (("max_frames", max_frames), ("fps", fps)):
-        if value is None:
-            continue
-        if not hasattr(proc, attr):
-            raise ConfigError(f"this model's video processor ({type(proc).__name__}) has no '{attr}' setting; "
-                              f"drop --{'video_max_frames' if attr == 'max_frames' else 'fps'}")
-        setattr(proc, attr, value)
-        applied[attr] = value
-    if fps is not None and hasattr(proc, "do_sample_frames"):
-        proc.do_sample_frames = True
+        if value is not None:
+            setattr(proc, attr, value)
+            applied[attr] = value
     return applied

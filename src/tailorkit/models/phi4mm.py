@@ -1,5 +1,11 @@
 """Phi-4-multimodal (transformers-native Phi4MultimodalForCausalLM): SigLIP image embedder with HD crops and
-an up/down projection (the aligner), a conformer audio embedder (component "other") and a Phi-3-style LLM."""
+an up/down projection (the aligner), a conformer audio embedder (component "other") and a Phi-3-style LLM.
+
+The checkpoint ships two peft LoRA adapters on the LLM, ``vision-lora/`` and ``speech-lora/`` (its config
+names them as ``vision_lora`` / ``speech_lora``), and the model's own code switches between them by the
+input's modality: images (with or without audio) use the vision adapter, audio alone the speech adapter,
+text neither. ``--train_type dummy`` finds both folders and trains them routed the same way
+(``ADAPTER_BY_INPUT``; tuners/modality.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +20,11 @@ PHI4MM_TEMPLATE = chat_template_file("phi4mm")  # microsoft/Phi-4-multimodal-ins
 # Same quirk as Phi-3: eos_token after the last message when no generation prompt is asked for.
 PHI4MM_PATCH = patch_template(PHI4MM_TEMPLATE, ("{% else %}{{ eos_token }}{% endif %}", "{% endif %}"))
 _EMBED = "model.embed_tokens_extend"
+# The public checkpoint's LoRA layout: every attention and MLP projection of the LLM (r 256 / 320 there).
+_LORA_LAYERS = r"model\.layers\.\d+\.((self_attn\.(qkv_proj|o_proj))|(mlp\.(gate_up|down)_proj))"
+SHIPPED_ADAPTERS = {"vision-lora": "vision_lora", "speech-lora": "speech_lora"}  # folder -> config key
+# Batch input that selects an adapter, in the model's priority order (image and audio together: vision).
+ADAPTER_BY_INPUT = (("image_pixel_values", "vision-lora"), ("audio_input_features", "speech-lora"))
 
 
 def build_phi4mm(out: str | Path) -> None:
@@ -31,7 +42,7 @@ def build_phi4mm(out: str | Path) -> None:
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=448,
                   patch_size=14, crop_size=448, image_token_id=tok.convert_tokens_to_ids("<|image|>"))
     audio = dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=2, nemo_conv_channels=32,
-                 depthwise_seperable_out_channel=32, ext_pw_out_channel=32, depthwise_multiplier=1,
+                 depthwise_separable_out_channel=32, ext_pw_out_channel=32, depthwise_multiplier=1,
                  audio_token_id=tok.convert_tokens_to_ids("<|audio|>"))
     torch.manual_seed(0)
     model = Phi4MultimodalForCausalLM(Phi4MultimodalConfig(**text, vision_config=vision, audio_config=audio))
@@ -39,7 +50,23 @@ def build_phi4mm(out: str | Path) -> None:
     processor = Phi4MultimodalProcessor(image_processor=image_processor,
                                         audio_processor=Phi4MultimodalFeatureExtractor(), tokenizer=tok,
                                         chat_template=PHI4MM_TEMPLATE)
+    for seed, key in enumerate(SHIPPED_ADAPTERS.values(), 1):
+        setattr(model.config, key, {"r": 4, "lora_alpha": 8, "dp": 0.0, "layer": _LORA_LAYERS})
     save_tiny(model, processor, out)
+    for seed, folder in enumerate(SHIPPED_ADAPTERS, 1):
+        _save_shipped_lora(model, Path(out) / folder, seed)
+
+
+def _save_shipped_lora(model, folder: Path, seed: int) -> None:
+    """A peft LoRA folder on the LLM projections with non-zero (trained-looking) weights, as the checkpoint has."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=_LORA_LAYERS, init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(str(folder))
+    peft_model.unload()  # the base model stays as it was for the next adapter
 
 
 PHI4MM = Family(
@@ -53,6 +80,9 @@ PHI4MM = Family(
     llm=("model.embed_tokens", "model.layers", "model.norm"),
     lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), build_tiny=build_phi4mm,
     model_class="Phi4MultimodalForCausalLM", processor_class="Phi4MultimodalProcessor", end_of_turn="<|end|>",
-    chat_template=PHI4MM_PATCH,
+    chat_template=PHI4MM_PATCH, adapter_by_input=ADAPTER_BY_INPUT, media=("image", "audio"),
     notes="template patch: no eos_token after the last message; the audio embedder is 'other' (trains with the "
-          "LLM unless --freeze_llm); the image processor fixes 448 px crops (~550 tokens for one small image)")
+          "LLM unless --freeze_llm); the image processor fixes 448 px crops (~550 tokens for one small image); "
+          "ships vision-lora/ and speech-lora/, which --train_type dummy finds and routes by modality",
+    support="tiny random build with vision-lora/ and speech-lora/: prompt = train prefix, supervised = replies, "
+            "1 sft step with an image; dummy: image rows move only vision-lora, audio rows only speech-lora")

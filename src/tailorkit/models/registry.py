@@ -12,13 +12,14 @@ from .llava import LLAVA, LLAVA_NEXT, LLAVA_ONEVISION
 from .minicpmv import MINICPMV
 from .monkey import MONKEY
 from .phi4mm import PHI4MM
+from .qwen2_audio import QWEN2_AUDIO
 from .qwen_vl import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
 from .text import GEMMA, LLAMA, PHI3, QWEN2, QWEN3
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     QWEN2, QWEN3, LLAMA, GEMMA, PHI3,
     QWEN2_VL, QWEN2_5_VL, QWEN3_VL, LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, INTERNVL, IDEFICS3, SMOLVLM, GEMMA3, PHI4MM,
-    DEEPSEEK_VL, MINICPMV, MONKEY,
+    DEEPSEEK_VL, MINICPMV, MONKEY, QWEN2_AUDIO,
 )}
 
 

@@ -28,8 +28,9 @@ and gradients equal the samples run one by one, `tests/test_packing_parity.py`) 
 `AutoModelForImageTextToText`/`AutoModelForCausalLM` class trains with a module map inferred from the
 loaded model and printed (tested on VipLLaVA and Mistral, which have no family file, and compared with
 every family file above: the LLM and lm_head always agree; Qwen3-VL's deepstack mergers, LLaVA-NeXT's and
-OneVision's image_newline and Phi-4-multimodal's projections are where the inferred vision/aligner split
-differs).
+OneVision's image_newline, Phi-4-multimodal's projections and Qwen2-Audio's audio tower are where the
+inferred vision/aligner split differs). An audio family's "vision" component is its audio encoder (ms-swift's
+mapping), and its sft step uses a .wav instead of an image.
 
 """
 

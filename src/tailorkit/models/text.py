@@ -41,6 +41,7 @@ def build_qwen3(out: str | Path) -> None:
 
     tok = make_tokenizer(QWEN_SPECIAL + ["<think>", "</think>"], QWEN3_TEMPLATE, eos_token="<|im_end|>",
                          pad_token="<|endoftext|>")
+    tok.add_tokens(["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])  # not special, as in Qwen3
     _build_text(out, Qwen3Config, Qwen3ForCausalLM, tok, "<|im_end|>", head_dim=16)
 
 

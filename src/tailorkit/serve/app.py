@@ -26,6 +26,7 @@ from .errors import ApiError, error_body
 from .guards import ApiKeyGuard, BodyLimit
 from .media import MediaPolicy
 from .protocol import ChatRequest, CompletionRequest, Limits, chat_requests, completion_requests, encode_checked
+from .tools import assistant_message
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,11 @@ async def _respond(queue: BatchQueue, body, reqs: list[Request], *, chat: bool):
     choices = []
     for i, c in enumerate(done):
         choice = {"index": i, "finish_reason": c.finish_reason, "logprobs": None}
-        choice.update({"message": {"role": "assistant", "content": c.text}} if chat else {"text": c.text})
+        if chat:
+            choice["message"], called = assistant_message(c.text, bool(getattr(body, "tools", None)))
+            choice["finish_reason"] = called or c.finish_reason
+        else:
+            choice["text"] = c.text
         choices.append(choice)
     return {**head, "choices": choices, "usage": _usage(reqs, done, body.n)}
 

@@ -12,6 +12,7 @@ from ..errors import TailorkitError
 from ..infer.engine import Engine, GenerationSettings, Request
 from .errors import ApiError
 from .media import MediaPolicy, load_request_image
+from .tools import check_tool_request
 
 
 class ImageUrl(BaseModel):
@@ -25,9 +26,23 @@ class ContentPart(BaseModel):
     image_url: ImageUrl | None = None
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str | dict = "{}"
+
+
+class ToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None
 
 
 class StreamOptions(BaseModel):
@@ -38,8 +53,8 @@ MAX_CHOICES = 64  # completions one request may ask for (prompts x n)
 
 # OpenAI features this server does not implement: asking for them is a 400, not a silently different answer.
 UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "suffix", "logit_bias", "presence_penalty",
-               "frequency_penalty", "tools", "tool_choice", "functions", "function_call", "response_format",
-               "parallel_tool_calls", "audio", "modalities", "prediction")
+               "frequency_penalty", "functions", "function_call", "response_format", "audio", "modalities",
+               "prediction")
 
 
 class _Sampling(BaseModel):
@@ -63,6 +78,8 @@ class _Sampling(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict] | None = None  # rendered by the model's chat template (or --agent_template)
+    tool_choice: str | dict | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -105,13 +122,15 @@ def settings_for(req: _Sampling, limits: Limits, max_tokens: int | None) -> Gene
 def chat_requests(req: ChatRequest, adapters: tuple[str, ...], limits: Limits, policy: MediaPolicy) -> list[Request]:
     """``n`` engine requests for a chat request; images are checked against the policy, then loaded."""
     settings = settings_for(req, limits, req.max_completion_tokens or req.max_tokens)  # cheap checks first
+    check_tool_request(req.tools, req.tool_choice, req.stream)
     rows = [m.model_dump(exclude_none=True) for m in req.messages]
     try:
-        conv = parse_row({"messages": rows}, source="request", need_reply=False)
+        conv = parse_row({"messages": rows, **({"tools": req.tools} if req.tools else {})}, source="request",
+                         need_reply=False)
     except TailorkitError as e:
         raise ApiError(400, str(e), param="messages") from None
-    if conv.messages[-1]["role"] != "user":
-        raise ApiError(400, "the last message must be the user's", param="messages")
+    if conv.messages[-1]["role"] not in ("user", "tool"):
+        raise ApiError(400, "the last message must be the user's (or a tool result)", param="messages")
     conv.images = [load_request_image(url, policy, param="messages.content.image_url")
                    for url in conv.images]
     return [Request(conversation=conv, settings=settings, adapters=adapters) for _ in range(req.n)]

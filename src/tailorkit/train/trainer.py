@@ -8,6 +8,7 @@ our config meets ``transformers.TrainingArguments``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import torch
 import transformers
 
 from ..config.train import SftConfig
+from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import Plan
 from ..tuners.runtime import plan_callbacks, save_plan_extras
@@ -50,10 +52,20 @@ class Trainer(transformers.Trainer):
         if plan is not None:
             for callback in plan_callbacks(self.model, plan, self.args.seed):
                 self.add_callback(callback)
+        # Shipped adapters that the model switches by modality (Phi-4-multimodal): each batch picks its own.
+        self.route_adapters = adapter_router(self.model, self.tuner_plan.family) if self.tuner_plan else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        return self.algorithm.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                           num_items_in_batch=num_items_in_batch)
+        routed_off = self.route_adapters is not None and self.route_adapters(inputs) is None
+        result = self.algorithm.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                             num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if routed_off and model.training and not loss.requires_grad:
+            # a text batch runs with every routed adapter off, so nothing it reaches trains: its backward pass
+            # must be a no-op (the loss is still logged), not an error
+            loss = loss.detach().requires_grad_()
+            result = (loss, result[1]) if return_outputs else loss
+        return result
 
     def log(self, logs, *args, **kwargs):
         super().log({**logs, **self.algorithm.pop_metrics(logs)}, *args, **kwargs)
@@ -68,9 +80,24 @@ class Trainer(transformers.Trainer):
 
     def save_model(self, output_dir=None, _internal_call=False):
         """The base class's weights (full, adapter, or gathered from DeepSpeed/FSDP), plus what the plan adds."""
-        super().save_model(output_dir, _internal_call)
+        out = output_dir or self.args.output_dir
+        if self._several_shipped_adapters():
+            # transformers saves one active adapter at the top level and refuses several; each shipped adapter
+            # gets its own folder instead (save_plan_extras), as the model's checkpoint ships them
+            if self.args.should_save:
+                os.makedirs(out, exist_ok=True)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(out)
+                torch.save(self.args, os.path.join(out, transformers.trainer.TRAINING_ARGS_NAME))
+        else:
+            super().save_model(output_dir, _internal_call)
         if self.tuner_plan is not None and self.args.should_save:
-            save_plan_extras(self.model, self.tuner_plan, output_dir or self.args.output_dir)
+            save_plan_extras(self.model, self.tuner_plan, out)
+
+    def _several_shipped_adapters(self) -> bool:
+        config = getattr(self.model, "peft_config", None)
+        return self.tuner_plan is not None and self.tuner_plan.train_type == "dummy" and isinstance(config, dict) \
+            and len(config) > 1
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._pending_rng is not None:

@@ -11,6 +11,7 @@ from ..config.train import TunerArgs
 from ..errors import ConfigError
 from ..models.family import strip_peft_prefix
 from ..models.load import ModelBundle
+from .modality import shipped_adapter_dirs
 from .plan import Plan, resolve_plan, warn
 
 
@@ -87,8 +88,11 @@ def apply_plan(bundle: ModelBundle, plan: Plan) -> torch.nn.Module:
     """Freeze / wrap / unfreeze ``bundle.model`` as ``plan`` declares; returns the model to train."""
     model, family = bundle.model, bundle.family
     args = plan.args
-    if args.adapters:
-        load_shipped_adapters(model, args.adapters)
+    folders = args.adapters
+    if not folders and plan.train_type == "dummy":  # the adapters the checkpoint ships (Phi-4-multimodal's)
+        folders = shipped_adapter_dirs(getattr(model, "name_or_path", None))
+    if folders:
+        load_shipped_adapters(model, folders)
     existing = tuner_layers(model)
     if existing and plan.train_type != "dummy":
         names = sorted({a for v in existing.values() for a in v})
@@ -96,8 +100,9 @@ def apply_plan(bundle: ModelBundle, plan: Plan) -> torch.nn.Module:
              f"{plan.adapter or plan.train_type} adapter on top conflicts with them. Use --train_type dummy to "
              "keep training the adapters it ships")
     if plan.train_type == "dummy" and not existing:
-        raise ConfigError("train_type dummy trains the adapters the model already has, and this model has none; "
-                          "load them with --adapters DIR or choose --train_type lora")
+        raise ConfigError("train_type dummy trains the adapters the model already has, and this model has none "
+                          "(no peft folder with adapter_config.json inside the model directory); load them with "
+                          "--adapters DIR or choose --train_type lora")
     for p in model.parameters():
         p.requires_grad_(False)
     if args.quant_bits:
