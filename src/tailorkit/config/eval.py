@@ -1,0 +1,52 @@
+"""Settings of `tailorkit eval` (ms-swift argument names where they exist)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from .args import ModelArgs, _f
+from .infer import EngineArgs, GenerationArgs
+
+EVAL_BACKENDS = ("native", "evalscope")
+
+
+@dataclass
+class EvalArgs:
+    eval_dataset: list[str] = _f([], "what to score: files or folders, optionally as LAYOUT:PATH with LAYOUT qa (your "
+                                 "sft data), mcq (multiple choice by likelihood), mme, textvqa or vqav2; detected "
+                                 "from the content otherwise")
+    eval_limit: int | None = _f(None, "score at most the first N samples of each dataset (MME keeps image pairs whole)")
+    eval_output_dir: str | None = _f(None, "folder for report.json and predictions.jsonl (default: "
+                                     "eval_output/<time>, inside --ckpt_dir when given)")
+    eval_backend: str = _f("native", "native (our metrics over the infer engine) or evalscope (EvalScope against our "
+                           "OpenAI-compatible server, for qa and mcq data)", choices=EVAL_BACKENDS)
+    compare: list[str] = _f([], "earlier eval output folders (or their report.json) to print side by side with this "
+                            "run, with the change from the first to this one")
+    compare_base: bool = _f(False, "also score the base model (the adapters switched off, or the --model a full "
+                            "--ckpt_dir was trained from) and print base vs fine-tuned with the deltas")
+    system: str | None = _f(None, "system prompt for rows that have none (default: the training run's)")
+    evalscope_python: str | None = _f(None, "python of the environment that has EvalScope (default: "
+                                      ".venv-evalscope next to this environment, made by scripts/setup_evalscope.sh)")
+
+    def __post_init__(self):
+        if self.eval_backend not in EVAL_BACKENDS:
+            raise ConfigError(f"eval_backend {self.eval_backend!r} is not one of {', '.join(EVAL_BACKENDS)}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError(f"eval_limit must be >= 1, got {self.eval_limit}")
+
+
+@dataclass
+class EvalConfig:
+    """Everything `tailorkit eval` needs; generation is greedy (--temperature 0) unless told otherwise."""
+
+    model: ModelArgs = field(default_factory=ModelArgs)
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    generation: GenerationArgs = field(default_factory=GenerationArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+
+    def __post_init__(self):
+        if not self.model.model and not self.engine.ckpt_dir:
+            raise ConfigError("--model or --ckpt_dir is required")
+        if not self.eval.eval_dataset:
+            raise ConfigError("--eval_dataset is required: files or folders to score (LAYOUT:PATH or PATH)")
