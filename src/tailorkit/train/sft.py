@@ -71,6 +71,7 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
         preflight_stream(cfg.data.dataset, system=cfg.data.system, text=text)
     train_items = [] if cfg.data.streaming else load(cfg.data.dataset)
     val_items = load(cfg.data.val_dataset) if cfg.data.val_dataset else []
+    gen_eval = generation_eval(cfg)  # --eval_dataset: read and checked before weights too
     if not val_items and cfg.data.split_dataset_ratio > 0:
         train_items, val_items = _split(train_items, cfg.data.split_dataset_ratio, data_seed)
 
@@ -99,7 +100,8 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
     train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
     trainer = _make_trainer(cfg, bundle, model, train_set, val_set, write_config,
-                            [*(callbacks or []), *guards.callbacks], checkpoints=guards.writer, collator=collator)
+                            [*(callbacks or []), *guards.callbacks, *gen_eval], checkpoints=guards.writer,
+                            collator=collator)
     final, summary = train_guarded(trainer, guards, skipped=report.skipped,
                                    save_final=lambda folder: trainer.save_model(str(folder)))
     plot = plot_loss(out)
@@ -109,6 +111,21 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     return TrainResult(output_dir=out, final_dir=final, log_history=trainer.state.log_history, plot=plot,
                        report=report, trainable_params=trainable, total_params=total, model=model, bundle=bundle,
                        summary=summary)
+
+
+def generation_eval(cfg: SftConfig) -> list:
+    """The callback scoring --eval_dataset at each evaluation (none without it)."""
+    if not cfg.train.eval_dataset:
+        return []
+    from ..eval.callback import GenerationEvalCallback
+    from ..eval.tasks import load_tasks
+    from ..infer.engine import GenerationSettings
+
+    t = cfg.train
+    tasks = load_tasks(t.eval_dataset, system=cfg.data.system, limit=t.eval_limit)
+    return [GenerationEvalCallback(tasks, GenerationSettings(max_new_tokens=t.eval_max_new_tokens),
+                                   strategy=t.resolved_eval_strategy(), steps=t.eval_steps or t.save_steps,
+                                   batch_size=t.per_device_eval_batch_size)]
 
 
 def _check_output_dir(out: Path, cfg: SftConfig) -> None:
@@ -155,7 +172,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
-        eval_strategy=("steps" if t.save_strategy == "steps" else t.save_strategy) if has_eval else "no",
+        eval_strategy=t.resolved_eval_strategy() if has_eval else "no",
         eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=_deepspeed_config(t.deepspeed),
