@@ -41,6 +41,26 @@ def write_mme(root: Path) -> Path:
     return release
 
 
+def write_mme_parquet(root: Path) -> Path:
+    """The Hugging Face copy (lmms-lab/MME): data/test-*.parquet rows with the image bytes inside."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for qid, colour in (("color/000000006471.jpg", "red"), ("code_reasoning/0020.png", "blue")):
+        encoded = {"bytes": image(root / "png" / f"{colour}.png", colour).read_bytes(), "path": qid.split("/")[1]}
+        category = qid.split("/")[0]
+        rows += [{"question_id": qid, "image": encoded, "question": f"Is it {colour}? Please answer yes or no.",
+                  "answer": "Yes", "category": category},
+                 {"question_id": qid, "image": encoded, "question": "Is it green? Please answer yes or no.",
+                  "answer": "No", "category": category}]
+    folder = root / "lmms-lab-MME"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "test-00000-of-00001.parquet")
+    (folder / "README.md").write_text("MME\n")
+    return folder
+
+
 def write_textvqa(root: Path) -> Path:
     """Three questions; answers lists of 10 as released."""
     folder = root / "textvqa"

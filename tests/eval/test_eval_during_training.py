@@ -45,6 +45,15 @@ def test_eval_metrics_are_logged_at_every_eval_step(tiny_text_dir, tmp_path):
     assert result.plot is not None and result.plot.stat().st_size > 0
 
 
+def test_eval_strategy_epoch(tiny_text_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", text_chat_rows(8))
+    values = _values(tiny_text_dir, data, tmp_path / "out", max_steps=-1, num_train_epochs=2,
+                     eval_dataset=[f"qa:{data}"], eval_limit=2, eval_strategy="epoch", eval_max_new_tokens=2)
+    sft(build_config(SftConfig, values))
+    rows = [json.loads(x) for x in (tmp_path / "out" / "logging.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in rows if "eval_train/exact_match" in r] == [(2, 1.0), (4, 2.0)]
+
+
 def test_eval_dataset_needs_an_eval_strategy_and_is_refused_by_rlhf(tmp_path):
     values = _values("m", "d.jsonl", tmp_path, eval_dataset=["e.jsonl"])
     with pytest.raises(ConfigError, match="set --eval_strategy steps or epoch"):

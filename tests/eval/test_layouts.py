@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_fixtures import write_mcq, write_mme, write_textvqa, write_user_data, write_vqav2
+from eval_fixtures import write_mcq, write_mme, write_mme_parquet, write_textvqa, write_user_data, write_vqav2
 
 from tailorkit.data.formats import text_of
+from tailorkit.data.media import load_image
 from tailorkit.errors import ConfigError, DataError
 from tailorkit.eval.tasks import LAYOUTS, detect_layout, load_task, load_tasks
 
@@ -52,6 +53,16 @@ def test_mme_found_one_folder_down(tmp_path):
     write_mme(tmp_path / "download")
     assert detect_layout(str(tmp_path / "download")) == "mme"
     assert len(load_task(str(tmp_path / "download")).items) == 8
+
+
+def test_mme_hugging_face_copy(tmp_path):
+    folder = write_mme_parquet(tmp_path)
+    assert detect_layout(str(folder)) == "mme"
+    task = load_task(str(folder))
+    assert [i.meta["category"] for i in task.items] == ["color", "color", "code_reasoning", "code_reasoning"]
+    assert [i.reference for i in task.items] == ["yes", "no", "yes", "no"]
+    assert task.items[0].meta["pair"] == task.items[1].meta["pair"] == "color/000000006471.jpg"
+    assert load_image(task.items[2].conversation.images[0]).getpixel((0, 0)) == (40, 70, 220)
 
 
 def test_textvqa_and_vqav2_read_their_answers_and_images(layouts):

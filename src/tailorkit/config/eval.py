@@ -17,17 +17,17 @@ class EvalArgs:
                                  "sft data), mcq (multiple choice by likelihood), mme, textvqa or vqav2; detected "
                                  "from the content otherwise")
     eval_limit: int | None = _f(None, "score at most the first N samples of each dataset (MME keeps image pairs whole)")
-    eval_output_dir: str | None = _f(None, "folder for report.json and predictions.jsonl (default: "
-                                     "eval_output/<time>, inside --ckpt_dir when given)")
+    eval_output_dir: str | None = _f(None, "folder for report.json and predictions.jsonl; unset: eval_output/<time> "
+                                     "(inside --ckpt_dir when given)")
     eval_backend: str = _f("native", "native (our metrics over the infer engine) or evalscope (EvalScope against our "
                            "OpenAI-compatible server, for qa and mcq data)", choices=EVAL_BACKENDS)
     compare: list[str] = _f([], "earlier eval output folders (or their report.json) to print side by side with this "
                             "run, with the change from the first to this one")
     compare_base: bool = _f(False, "also score the base model (the adapters switched off, or the --model a full "
                             "--ckpt_dir was trained from) and print base vs fine-tuned with the deltas")
-    system: str | None = _f(None, "system prompt for rows that have none (default: the training run's)")
-    evalscope_python: str | None = _f(None, "python of the environment that has EvalScope (default: "
-                                      ".venv-evalscope next to this environment, made by scripts/setup_evalscope.sh)")
+    system: str | None = _f(None, "system prompt for rows that have none; unset: the training run's")
+    evalscope_python: str | None = _f(None, "python of the environment that has EvalScope; unset: .venv-evalscope "
+                                      "next to this environment, made by scripts/setup_evalscope.sh")
 
     def __post_init__(self):
         if self.eval_backend not in EVAL_BACKENDS:

@@ -98,24 +98,35 @@ def is_mme_row(row) -> bool:
     return isinstance(row, dict) and _ROW_KEYS <= row.keys() and str(row["answer"]).strip().lower() in ("yes", "no")
 
 
+def _parquet_files(path: str) -> list[Path]:
+    p = Path(path)
+    return [p] if p.is_file() else sorted(p.rglob("*.parquet"))
+
+
 def looks_like_mme_rows(path: str) -> bool:
-    try:
-        first = next((row for _, row in iter_rows(path)), None)
-    except DataError:
+    files = _parquet_files(path)
+    if not files or files[0].suffix != ".parquet":
         return False
-    return is_mme_row(first)
+    return is_mme_row(next((row for _, row in iter_rows(str(files[0]))), None))
 
 
 def mme_row_records(path: str) -> list[dict]:
-    """Records of the Hugging Face copy; its question_id ('OCR/0001.jpg') names the image pair."""
+    """Records of the Hugging Face copy (its parquet files, e.g. data/test-0000k-of-0000n.parquet); its
+    question_id ('OCR/0001.jpg') names the image pair."""
+    files = _parquet_files(path)
+    if not files:
+        raise DataError("no MME category folders and no parquet files found", source=path,
+                        fix="point --eval_dataset mme: at MME_Benchmark_release_version/ or the lmms-lab/MME copy")
     out = []
-    for line, row in iter_rows(path):
-        if not is_mme_row(row):
-            raise DataError(f"not an MME row: needs {', '.join(sorted(_ROW_KEYS))} with a Yes/No answer", source=path,
-                            line=line, fix="point --eval_dataset mme: at the MME release folder or lmms-lab/MME")
-        out.append({"category": str(row["category"]), "image": row["image"], "question": str(row["question"]).strip(),
-                    "answer": str(row["answer"]).strip().lower(), "pair": str(row["question_id"]), "source": path,
-                    "line": line})
+    for file in files:
+        for line, row in iter_rows(str(file)):
+            if not is_mme_row(row):
+                raise DataError(f"not an MME row: needs {', '.join(sorted(_ROW_KEYS))} with a Yes/No answer",
+                                source=str(file), line=line, fix="point --eval_dataset mme: at the MME release "
+                                "folder or the lmms-lab/MME copy")
+            out.append({"category": str(row["category"]), "image": row["image"], "pair": str(row["question_id"]),
+                        "question": str(row["question"]).strip(), "answer": str(row["answer"]).strip().lower(),
+                        "source": str(file), "line": line})
     return out
 
 
