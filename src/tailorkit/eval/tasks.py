@@ -55,7 +55,6 @@ class Layout:
     score: Callable[[str, EvalItem], dict[str, float]]
     aggregate: Callable[[list[EvalItem], list[dict]], dict[str, float]]
     likelihood: bool = False
-    help: str = ""
 
 
 def _prompt_and_reference(conv: Conversation) -> tuple[Conversation, str]:
@@ -157,15 +156,11 @@ def _mean(items: list[EvalItem], scores: list[dict]) -> dict[str, float]:
 
 
 LAYOUTS: dict[str, Layout] = {
-    "qa": Layout(read_qa, lambda r, item: text_scores(r, item.reference), _mean,
-                 help="your own data in any sft format; metrics exact_match, contains, rouge_l, bleu4, char_acc"),
-    "mcq": Layout(read_mcq, score_mcq, _mean, likelihood=True,
-                  help="multiple choice scored by log-probability: sft rows with 'choices', or EvalScope "
-                       "general_mcq rows (question, A, B, ..., answer)"),
-    "mme": Layout(read_mme, score_mme, aggregate_mme, help="MME release folder; acc, acc+, perception, cognition"),
-    "textvqa": Layout(_vqa_reader(vqa.textvqa_records), score_vqa, _mean, help="TextVQA json; VQA accuracy"),
-    "vqav2": Layout(_vqa_reader(vqa.vqav2_records), score_vqa, _mean, help="VQAv2 questions/annotations; "
-                                                                          "VQA accuracy"),
+    "qa": Layout(read_qa, lambda r, item: text_scores(r, item.reference), _mean),
+    "mcq": Layout(read_mcq, score_mcq, _mean, likelihood=True),
+    "mme": Layout(read_mme, score_mme, aggregate_mme),
+    "textvqa": Layout(_vqa_reader(vqa.textvqa_records), score_vqa, _mean),
+    "vqav2": Layout(_vqa_reader(vqa.vqav2_records), score_vqa, _mean),
 }
 BENCHMARK_NAMES = {"mme": "mme", "textvqa": "textvqa", "text_vqa": "textvqa", "vqav2": "vqav2", "vqa_v2": "vqav2"}
 _HUB_HINT = {"mme": "MME_Benchmark_release_version/ (category folders with questions_answers_YN/)",
