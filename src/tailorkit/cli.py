@@ -21,9 +21,11 @@ class Verb:
 
 def _verbs() -> dict[str, Verb]:
     from .config import SftConfig
+    from .config.eval import EvalConfig
     from .config.infer import DeployConfig, InferConfig
     from .demo.run import DemoConfig, demo
     from .doctor import DoctorConfig, doctor
+    from .eval.runner import evaluate
     from .infer.run import infer
     from .models.tiny_cli import TinyConfig, tiny
     from .serve.deploy import deploy
@@ -41,6 +43,9 @@ def _verbs() -> dict[str, Verb]:
                        "memory; changes nothing", DoctorConfig, doctor),
         "infer": Verb("generate replies: interactive chat, or a dataset written to jsonl (--val_dataset)", InferConfig,
                       infer),
+        "eval": Verb("score a model, adapter or checkpoint on local benchmarks (MME, TextVQA, VQAv2, multiple "
+                     "choice) and your own data; report.json, predictions.jsonl, before/after tables", EvalConfig,
+                     evaluate),
         "deploy": Verb("serve an OpenAI-compatible API (127.0.0.1 by default; --api_key guards every endpoint)",
                        DeployConfig, deploy),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", TinyConfig, tiny),

@@ -115,6 +115,9 @@ class RlhfConfig(SftConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.train.eval_dataset:
+            raise ConfigError("--eval_dataset (generation metrics during training) is available for sft and pt in "
+                              "this version; score rlhf checkpoints with `tailorkit eval`")
         kind, pref = self.rlhf.rlhf_type, self.preference
         if pref.cpo_alpha is None:
             pref.cpo_alpha = 0.0 if kind == "simpo" else 1.0

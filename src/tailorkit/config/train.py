@@ -145,6 +145,14 @@ class TrainArgs:
     max_grad_norm: float = arg(1.0, "gradient clipping norm")
     logging_steps: int = arg(5, "log loss and learning rate every N optimizer steps")
     eval_steps: int | None = arg(None, "evaluate every N steps (default: --save_steps)")
+    eval_strategy: str | None = arg(None, "when to evaluate (eval loss on the validation set, and --eval_dataset): "
+                                    "steps, epoch or no (default: as --save_strategy)",
+                                    choices=(None, "steps", "epoch", "no"))
+    eval_dataset: list[str] = arg([], "sft: also score these with `tailorkit eval`'s native metrics (exact match, "
+                                  "ROUGE-L, VQA accuracy, MME ...) at every evaluation, logged next to the loss; "
+                                  "same forms as `tailorkit eval --eval_dataset`")
+    eval_limit: int | None = arg(None, "score at most the first N samples of each --eval_dataset")
+    eval_max_new_tokens: int = arg(64, "longest reply generated for --eval_dataset during training (greedy)")
     save_strategy: str = arg("steps", "when to save checkpoints: steps, epoch or no", choices=("steps", "epoch", "no"))
     save_steps: int = arg(500, "save a checkpoint every N optimizer steps")
     save_total_limit: int | None = arg(None, "keep at most this many checkpoints")
@@ -171,6 +179,12 @@ class TrainArgs:
             raise ConfigError(f"alarm_patience must be >= 1 logging step, got {self.alarm_patience}")
         if self.deepspeed is not None:
             _check_deepspeed(self.deepspeed)
+        if self.eval_dataset and self.resolved_eval_strategy() == "no":
+            raise ConfigError("--eval_dataset is scored at each evaluation: set --eval_strategy steps or epoch")
+
+    def resolved_eval_strategy(self) -> str:
+        """--eval_strategy, or the one that follows --save_strategy."""
+        return self.eval_strategy or self.save_strategy
 
 
 def _check_deepspeed(value: str) -> None:

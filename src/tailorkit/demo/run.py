@@ -1,4 +1,9 @@
-"""`tailorkit demo`: tiny Qwen2.5-VL, synthetic shapes, accuracy before and after fine-tuning."""
+"""`tailorkit demo`: tiny Qwen2.5-VL, synthetic shapes, accuracy before and after fine-tuning.
+
+Both measurements are `tailorkit eval`'s (its tasks, metrics, report.json and comparison table): exact
+match of the generated answers, and multiple choice among the valid answers by likelihood, which an
+untrained model does at chance.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
-from ..data.collate import Collator
-from ..data.dataset import load_conversations
-from ..data.encode import encode
-from ..data.formats import Conversation, text_of
+from ..eval.report import format_comparison, make_report, write_outputs
+from ..eval.scoring import score_tasks
+from ..eval.tasks import Task, load_task
 from ..infer.engine import GenerationSettings, TransformersEngine
-from ..train.losses import shifted_token_nll
+
+GENERATE, CHOICE = "shapes_generate", "shapes_choice"
+SHOWN = ("exact_match", "acc", "chance")
 
 
 @dataclass
@@ -42,41 +46,29 @@ class DemoResult:
     seconds: float
 
 
-def evaluate(engine: TransformersEngine, convs: list[Conversation]) -> float:
-    """Exact-match accuracy of greedy replies against each row's last assistant message."""
-    prompts = [replace(c, messages=c.messages[:-1]) for c in convs]
-    replies = engine.generate(prompts, GenerationSettings(max_new_tokens=8), batch_size=16)
-    gold = [text_of(c.messages[-1]["content"]).strip().lower() for c in convs]
-    return sum(r.lower() == g for r, g in zip(replies, gold)) / len(convs)
+def eval_tasks(eval_file: Path) -> list[Task]:
+    """The held-out rows twice: answers generated, and the valid answers ranked by likelihood."""
+    return [replace(load_task(f"qa:{eval_file}"), name=GENERATE), replace(load_task(f"mcq:{eval_file}"), name=CHOICE)]
 
 
-@torch.no_grad()
-def choice_accuracy(model, processor, convs: list[Conversation], options_for) -> float:
-    """Accuracy when the model picks, among the valid answers, the one it gives the highest likelihood.
+def measure(model_dir: Path, tasks: list[Task], label: str, out: Path) -> dict:
+    """`tailorkit eval`'s report of the model in ``model_dir`` on ``tasks``, written to ``out``."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    Unlike free generation this is at chance level for an untrained model, so before/after is comparable.
-    """
-    model.eval()
-    pad = getattr(processor, "tokenizer", processor).pad_token_id
-    hits = 0
-    for conv in convs:
-        options = options_for(conv)
-        variants = [replace(conv, messages=conv.messages[:-1] + [{"role": "assistant", "content": o}])
-                    for o in options]
-        batch = Collator(pad)([encode(v, processor) for v in variants])
-        labels = batch.pop("labels")
-        nll = shifted_token_nll(model(**batch).logits, labels).sum(dim=1)
-        hits += options[int(nll.argmin())] == text_of(conv.messages[-1]["content"]).strip()
-    return hits / len(convs)
+    engine = TransformersEngine(AutoModelForImageTextToText.from_pretrained(model_dir),
+                                AutoProcessor.from_pretrained(model_dir))
+    outcome = score_tasks(engine, tasks, GenerationSettings(max_new_tokens=8), (), 16)
+    report = make_report(outcome.metrics, outcome.samples, {"model": str(model_dir), "label": label},
+                         {"max_new_tokens": 8, "tasks": {t.name: {"layout": t.layout, "path": t.path} for t in tasks}})
+    write_outputs(out, report, outcome.predictions)
+    return report
 
 
 def demo(cfg: DemoConfig) -> DemoResult:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from ..config import SftConfig, build_config
     from ..models.tiny import build_qwen2_5_vl
     from ..train.sft import sft
-    from .shapes import chance_accuracy, options_for, write_split
+    from .shapes import write_split
 
     a = cfg.args
     start = time.time()
@@ -85,15 +77,11 @@ def demo(cfg: DemoConfig) -> DemoResult:
     print(f"[demo] building a tiny Qwen2.5-VL in {run / 'model'}")
     build_qwen2_5_vl(run / "model")
     train_file = write_split(run / "data", "train", a.train_samples, a.seed)
-    eval_file = write_split(run / "data", "eval", a.eval_samples, a.seed + 1)
-    eval_convs = load_conversations([str(eval_file)])
-
-    processor = AutoProcessor.from_pretrained(run / "model")
-    base = AutoModelForImageTextToText.from_pretrained(run / "model")
-    before = evaluate(TransformersEngine(base, processor), eval_convs)
-    choice_before = choice_accuracy(base, processor, eval_convs, options_for)
-    print(f"[demo] before training: generated answers {before:.1%} correct, best-scored valid answer "
-          f"{choice_before:.1%} (chance {chance_accuracy():.1%})")
+    tasks = eval_tasks(write_split(run / "data", "eval", a.eval_samples, a.seed + 1, choices=True))
+    before = measure(run / "model", tasks, "before", run / "eval_before")
+    print(f"[demo] before training: generated answers {before['metrics'][GENERATE]['exact_match']:.1%} correct, "
+          f"best-scored valid answer {before['metrics'][CHOICE]['acc']:.1%} "
+          f"(chance {before['metrics'][CHOICE]['chance']:.1%})")
 
     train_cfg = build_config(SftConfig, {
         "model": str(run / "model"), "dataset": [str(train_file)], "train_type": "full", "freeze_vit": False,
@@ -103,17 +91,13 @@ def demo(cfg: DemoConfig) -> DemoResult:
         "max_length": 128, "output_dir": str(run / "train"), "seed": a.seed})
     result = sft(train_cfg)
 
-    tuned = AutoModelForImageTextToText.from_pretrained(result.final_dir)
-    tuned_processor = AutoProcessor.from_pretrained(result.final_dir)
-    after = evaluate(TransformersEngine(tuned, tuned_processor), eval_convs)
-    choice_after = choice_accuracy(tuned, tuned_processor, eval_convs, options_for)
+    after = measure(result.final_dir, tasks, "after", run / "eval_after")
     seconds = time.time() - start
-    line = "  " + "-" * 62
-    print(f"\n  tiny Qwen2.5-VL on synthetic shapes, {len(eval_convs)} held-out rows\n{line}")
-    print(f"  {'':28}{'before':>10}{'after':>10}{'chance':>10}")
-    print(f"  {'generated answer correct':28}{before:>10.1%}{after:>10.1%}{chance_accuracy():>10.1%}")
-    print(f"  {'best-scored valid answer':28}{choice_before:>10.1%}{choice_after:>10.1%}{chance_accuracy():>10.1%}")
-    print(line)
-    print(f"  checkpoint: {result.final_dir}\n  loss plot:  {result.plot}\n  total time: {seconds:.0f} s\n")
-    return DemoResult(run_dir=run, accuracy_before=before, accuracy_after=after, choice_before=choice_before,
-                      choice_after=choice_after, seconds=seconds)
+    print(f"\n  tiny Qwen2.5-VL on synthetic shapes, {len(tasks[0].items)} held-out rows "
+          f"(tailorkit eval; reports in {run / 'eval_before'} and {run / 'eval_after'})\n")
+    print(format_comparison([before, after], metrics=SHOWN))
+    print(f"\n  checkpoint: {result.final_dir}\n  loss plot:  {result.plot}\n  total time: {seconds:.0f} s\n")
+    return DemoResult(run_dir=run, accuracy_before=before["metrics"][GENERATE]["exact_match"],
+                      accuracy_after=after["metrics"][GENERATE]["exact_match"],
+                      choice_before=before["metrics"][CHOICE]["acc"], choice_after=after["metrics"][CHOICE]["acc"],
+                      seconds=seconds)

@@ -29,8 +29,9 @@ def draw(colour: str, shape: str, rng: random.Random):
     return image
 
 
-def write_split(folder: Path, name: str, n: int, seed: int) -> Path:
-    """n rows of {"messages", "images"} with images saved next to the jsonl (relative paths)."""
+def write_split(folder: Path, name: str, n: int, seed: int, *, choices: bool = False) -> Path:
+    """n rows of {"messages", "images"} with images saved next to the jsonl (relative paths); with ``choices``
+    each row also lists the valid answers of its question (for multiple choice by likelihood)."""
     rng = random.Random(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"
@@ -44,17 +45,7 @@ def write_split(folder: Path, name: str, n: int, seed: int) -> Path:
             row = {"messages": [{"role": "user", "content": "<image>" + QUESTIONS[kind]},
                                 {"role": "assistant", "content": answer}],
                    "images": [image_path]}
+            if choices:
+                row["choices"] = list(COLOURS) if kind == "colour" else list(SHAPES)
             f.write(json.dumps(row) + "\n")
     return path
-
-
-def options_for(conv) -> list[str]:
-    """The valid answers for a row's question."""
-    question = conv.messages[-2]["content"]
-    text = question if isinstance(question, str) else " ".join(p.get("text", "") for p in question)
-    return list(COLOURS) if QUESTIONS["colour"] in text else list(SHAPES)
-
-
-def chance_accuracy() -> float:
-    """Expected accuracy of guessing uniformly among the valid answers of each question type."""
-    return 0.5 * (1 / len(COLOURS)) + 0.5 * (1 / len(SHAPES))

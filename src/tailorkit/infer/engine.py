@@ -186,18 +186,21 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 class TransformersEngine:
     """Generation with a loaded model (plain or peft-wrapped, several named adapters) and its processor."""
 
-    def __init__(self, model: torch.nn.Module, processor, max_batch_size: int = 16):
+    def __init__(self, model: torch.nn.Module, processor, max_batch_size: int = 16, *, as_loaded: bool = False):
+        """``as_loaded``: generate with the model exactly as it is (its active adapters stay on and trainable),
+        as evaluation during training needs; requests then name no adapters."""
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.max_batch_size = max_batch_size
-        self.adapter_names = tuple(getattr(model, "peft_config", {}) or ())
+        self.adapter_names = () if as_loaded else tuple(getattr(model, "peft_config", {}) or ())
         self.max_context = context_length(getattr(model, "config", None))
 
     def encode(self, request: Request) -> Encoded:
         return encode_request(request, self.processor)
 
-    def _adapters(self, names: tuple[str, ...]):
+    def using_adapters(self, names: tuple[str, ...]):
+        """Context in which the model runs with exactly the named adapters (none: the base model)."""
         unknown = [n for n in names if n not in self.adapter_names]
         if unknown:
             raise ConfigError(f"adapter(s) {unknown} are not loaded; loaded: {list(self.adapter_names)}")
@@ -226,7 +229,7 @@ class TransformersEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with self._adapters(requests[0].adapters):
+            with self.using_adapters(requests[0].adapters):
                 self.model.generate(**batch, **kwargs, stopping_criteria=[tracker],
                                     pad_token_id=self.tokenizer.pad_token_id)
         finally:

@@ -39,19 +39,29 @@ class ProgressCallback(TrainerCallback):
             self.bar = None
 
 
+def append_log(output_dir: str | Path, record: dict) -> None:
+    """Append one record to output_dir/logging.jsonl (the trainer's logs and evaluation metrics)."""
+    with open(Path(output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 class JsonlLogCallback(TrainerCallback):
     """Appends every log record (step, epoch, loss, lr, ...) to output_dir/logging.jsonl."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "epoch": state.epoch, **logs}
-        with open(Path(args.output_dir) / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_log(args.output_dir, {"step": state.global_step, "epoch": state.epoch, **logs})
+
+
+def generation_metric_keys(rows: list[dict]) -> list[str]:
+    """Keys of the generation metrics logged during training (``eval_<task>/<metric>``), in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r if k.startswith("eval_") and "/" in k))
 
 
 def plot_loss(output_dir: str | Path) -> Path | None:
-    """Loss (and eval loss) against step from logging.jsonl, saved as loss.png."""
+    """Loss (and eval loss) against step from logging.jsonl, saved as loss.png; generation metrics logged during
+    training share the plot on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +73,8 @@ def plot_loss(output_dir: str | Path) -> Path | None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    if not train and not evals:
+    metrics = generation_metric_keys(rows)
+    if not train and not evals and not metrics:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     if train:
@@ -73,7 +84,16 @@ def plot_loss(output_dir: str | Path) -> Path | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (per supervised token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if metrics:
+        right = ax.twinx()
+        for k, key in enumerate(metrics):  # colours after the two loss curves', so no line shares one
+            right.plot(*zip(*[(r["step"], r[key]) for r in rows if key in r]), "s--", color=f"C{(k + 2) % 10}",
+                       label=key[len("eval_"):])
+        right.set_ylabel("eval metric")
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize="small")
     fig.tight_layout()
     out = Path(output_dir) / PLOT_FILE
     fig.savefig(out)

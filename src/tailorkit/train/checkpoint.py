@@ -30,6 +30,7 @@ RESUME_FREE = frozenset({
     "output_dir", "resume_from_checkpoint", "resume_only_model", "logging_steps", "save_strategy", "save_steps",
     "save_total_limit", "report_to", "dataloader_num_workers", "eval_steps", "per_device_eval_batch_size",
     "val_dataset", "strict_alarms", "alarm_patience", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+    "eval_strategy", "eval_dataset", "eval_limit", "eval_max_new_tokens",  # greedy scoring draws no random numbers
 })
 
 

@@ -83,6 +83,7 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     resume = resume_point(cfg, out)
     check_batching(cfg)
     train_items, val_items = read_rows(cfg, spec)  # cheap checks on every row, before any weights load
+    gen_eval = generation_eval(cfg)  # --eval_dataset: read and checked before weights too
 
     set_seed(cfg.train.seed)
     bundle = spec.load_model(cfg)
@@ -108,7 +109,8 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=collator,
                       processing_class=bundle.processor, algorithm=algorithm, plan=plan, hooks=guards.hooks,
-                      callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *guards.callbacks])
+                      callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *guards.callbacks,
+                                 *gen_eval])
     _drop_printing_callbacks(trainer)
     print(f"[tailorkit] world size {trainer.args.world_size}")
     return Run(cfg=cfg, kind=spec, output_dir=out, bundle=bundle, model=model, plan=plan, train_set=train_set,
@@ -156,6 +158,21 @@ def read_rows(cfg: SftConfig, spec: Kind) -> tuple[list, list]:
     if not val and d.split_dataset_ratio > 0:
         train, val = split(train, d.split_dataset_ratio, seed)
     return train, val
+
+
+def generation_eval(cfg: SftConfig) -> list:
+    """The callback scoring --eval_dataset with `tailorkit eval`'s metrics at each evaluation (none without it)."""
+    if not cfg.train.eval_dataset:
+        return []
+    from ..eval.callback import GenerationEvalCallback
+    from ..eval.tasks import load_tasks
+    from ..infer.engine import GenerationSettings
+
+    t = cfg.train
+    tasks = load_tasks(t.eval_dataset, system=cfg.data.system, limit=t.eval_limit)
+    return [GenerationEvalCallback(tasks, GenerationSettings(max_new_tokens=t.eval_max_new_tokens),
+                                   strategy=t.resolved_eval_strategy(), steps=t.eval_steps or t.save_steps,
+                                   batch_size=t.per_device_eval_batch_size)]
 
 
 def split(items: list, ratio: float, seed: int) -> tuple[list, list]:

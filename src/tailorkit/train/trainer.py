@@ -195,7 +195,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
-        eval_strategy=("steps" if t.save_strategy == "steps" else t.save_strategy) if has_eval else "no",
+        eval_strategy=t.resolved_eval_strategy() if has_eval else "no",
         eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed_config(t.deepspeed),
