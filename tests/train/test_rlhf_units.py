@@ -13,8 +13,8 @@ from tailorkit.data.encode import encode_prompt
 from tailorkit.data.preference import (EncodedPrompt, check_prompt_matches, load_rows, parse_kto_row,
                                        parse_preference_row, parse_prompt_row)
 from tailorkit.errors import ConfigError, DataError
-from tailorkit.train import grpo as grpo_module
 from tailorkit.train.grpo import RewardAlarm, RolloutAlarms, group_advantages
+from tailorkit.train.rollout import Sampler, Sampling
 from tailorkit.train.rewards import accuracy, build_rewards, make_format, make_soft_overlong
 
 USER = {"role": "user", "content": "What colour is it?"}
@@ -152,10 +152,10 @@ def test_rollout_prompt_must_equal_training_encoding(tiny_text_dir):
 
     tampered = encode_prompt(sample.conv, tok)
     tampered.input_ids.pop(0)
-    algo = grpo_module.GrpoAlgorithm(tok, None, num_generations=2, max_completion_length=4)
-    algo.rollout(Model(), [EncodedPrompt(sample, encode_prompt(sample.conv, tok))])  # the encoded prompt passes
+    sampler = Sampler(tok, Sampling(max_completion_length=4))
+    sampler.rollout(Model(), [EncodedPrompt(sample, encode_prompt(sample.conv, tok))], 2)  # the encoded prompt passes
     with pytest.raises(DataError, match="differs from the training encoding"):
-        algo.rollout(Model(), [EncodedPrompt(sample, tampered)])
+        sampler.rollout(Model(), [EncodedPrompt(sample, tampered)], 2)
 
 
 def test_flat_margin_alarm_when_reference_is_the_policy():
