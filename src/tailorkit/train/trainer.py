@@ -8,6 +8,7 @@ our config meets ``transformers.TrainingArguments``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Trainer(transformers.Trainer):
         self.tuner_plan = plan  # the plan tuners.adapters.apply_tuner applied to the model (None: no tuner)
         self.hooks = hooks or TrainerHooks()
         self._pending_rng = None
+        self._ready_twice: ReadyTwiceGuard | None = None
         # Make the base class count supervised tokens over the whole accumulation window (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
@@ -104,12 +106,16 @@ class Trainer(transformers.Trainer):
         if self._pending_rng is not None:
             checkpoint, self._pending_rng = self._pending_rng, None
             super()._load_rng_state(checkpoint)
+        if self._ready_twice is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            self._ready_twice = ReadyTwiceGuard(model.module)
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
         except RuntimeError as e:
             if DDP_READY_TWICE in str(e):
                 raise ConfigError(DDP_READY_TWICE_FIX) from e
             raise
+        if self._ready_twice is not None:
+            self._ready_twice.check()
         for hook in self.hooks.after_batch:
             hook(inputs, loss)
         return loss
@@ -195,6 +201,31 @@ DDP_READY_TWICE_FIX = (
     "over the same parameters before one backward (chosen and rejected run separately) mark them ready twice. "
     "Fix: use non-reentrant checkpointing (--gradient_checkpointing_kwargs '{\"use_reentrant\": false}', the "
     "default) or run chosen and rejected in one forward pass (--concatenated_forward true, the default)")
+
+
+class ReadyTwiceGuard:
+    """Under DDP, counts each trainable parameter's gradient accumulations per backward pass.
+
+    More than one means separate backward passes reached the parameter (reentrant checkpointing of two
+    forward passes): DDP either raises 'mark a variable ready only once' or, when every bucket was already
+    reduced after the first one, silently leaves the second contribution un-synchronised, so the processes'
+    weights drift apart. Both end here with the same error.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.counts: dict[str, int] = {}
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(functools.partial(self._count, name))
+
+    def _count(self, name: str, _param) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def check(self) -> None:
+        twice = sorted(n for n, c in self.counts.items() if c > 1)
+        self.counts.clear()
+        if twice:
+            raise ConfigError(f"{DDP_READY_TWICE_FIX} [{len(twice)} parameters, e.g. {twice[0]}]")
 
 
 class RepeatSteps(torch.utils.data.Sampler):
