@@ -182,5 +182,7 @@ def test_reference_free_types_train_end_to_end(kind, tiny_text_dir, tmp_path):
                    "--per_device_train_batch_size", "2", "--max_steps", "2", "--logging_steps", "1",
                    "--output_dir", str(tmp_path / "out")])
     assert all(math.isfinite(x) for x in _logs(result, "loss")) and len(_logs(result, "rewards/margins")) == 2
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert len(_logs(result, key)) == 2, key  # what users watch, in logging.jsonl
     lora_b = [p for n, p in result.model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at 0: every adapter trained
