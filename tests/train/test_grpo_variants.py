@@ -4,7 +4,6 @@ as reward, advantage estimators, overlong filtering, clip-higher and rollouts re
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
