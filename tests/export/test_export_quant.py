@@ -44,6 +44,8 @@ def test_merge_and_quantize_in_one_command(method, tiny_vl_quant_dir, vl_adapter
     model = AutoModelForImageTextToText.from_pretrained(str(out))
     _check_packed(method, tensors(out), model)
     _check_vision_untouched(tiny_vl_quant_dir, out, model)
+    # Unquantized parts keep the source float32, except AWQ, whose CPU kernel runs in bfloat16.
+    assert next(model.model.visual.parameters()).dtype == (torch.bfloat16 if method == "awq" else torch.float32)
 
 
 def _check_packed(method, weights, model):

@@ -63,13 +63,13 @@ def _gptqmodel(method: str, src: Path, out: Path, *, family: Family, bits: int, 
     from gptqmodel import BACKEND, AWQConfig, GPTQConfig, GPTQModel
 
     device = _device()
-    # AWQ's kernels take 16-bit activations only; GPTQ keeps the source dtype on the CPU.
-    dtype = torch.float16 if device == "cuda" else (torch.bfloat16 if method == "awq" else None)
+    # GPU kernels and AWQ's CPU kernel take 16-bit activations only; GPTQ on the CPU keeps the source dtype.
+    dtype = torch.float16 if device == "cuda" else (torch.bfloat16 if method == "awq" else _source_dtype(src))
     config_cls = GPTQConfig if method == "gptq" else AWQConfig
     qcfg = config_cls(bits=bits, group_size=group_size, offload_to_disk=False)
     backend = BACKEND.AWQ_TORCH if method == "awq" and device == "cpu" else BACKEND.AUTO
     try:
-        qmodel = GPTQModel.load(str(src), qcfg, device=device, **({"dtype": dtype} if dtype else {}))
+        qmodel = GPTQModel.load(str(src), qcfg, device=device, dtype=dtype)
     except (ValueError, TypeError, KeyError, NotImplementedError) as e:
         raise ModelError(f"GPTQModel cannot load {family.name} from {src} for {method}: {e}") from e
     # Calibrate on our encoder's batches (the training tokens and pixels), not on GPTQModel's own rendering.
@@ -82,8 +82,18 @@ def _gptqmodel(method: str, src: Path, out: Path, *, family: Family, bits: int, 
                          "multiples of 64)") from e
     qmodel.save(str(out))
     _keep_unconverted(out / "config.json", full_precision_modules(family))
-    return {"library": f"gptqmodel {_version('gptqmodel')}", "dtype": str(dtype or "source").replace("torch.", ""),
+    return {"library": f"gptqmodel {_version('gptqmodel')}", "dtype": _saved_dtype(out),
             "calibration_rows": len(calibration)}
+
+
+def _source_dtype(folder: Path) -> torch.dtype:
+    return getattr(torch, _saved_dtype(folder).replace("None", "float32"))
+
+
+def _saved_dtype(folder: Path) -> str:
+    """The dtype of the unquantized weights (vision tower, embeddings, scales) as the export's config states it."""
+    config = json.loads((folder / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype"))
 
 
 def _keep_unconverted(config_file: Path, modules: list[str]) -> None:
@@ -102,8 +112,7 @@ def _transformers_quantizer(method: str, src: Path, out: Path, *, family: Family
     from transformers import BitsAndBytesConfig, FineGrainedFP8Config
 
     skip = full_precision_modules(family)
-    config = json.loads((src / "config.json").read_text())
-    dtype = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"))
+    dtype = _source_dtype(src)
     if method == "bnb" and bits == 4:
         qconf = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
