@@ -21,7 +21,7 @@ from ..models.family import Family
 NEEDS = {"gptq": ("gptqmodel", "optimum"), "awq": ("gptqmodel",), "bnb": ("bitsandbytes",), "fp8": ()}
 
 
-def check_quantizer(method: str, family: Family | None = None) -> None:
+def check_quantizer(method: str) -> None:
     """Before any work: the method's packages are installed and the machine can run it."""
     missing = [p for p in NEEDS[method] if importlib.util.find_spec(p) is None]
     if missing:
