@@ -65,3 +65,20 @@ def test_qlora_merges_onto_the_unquantized_base(tiny_text_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
     assert torch.isfinite(logits(reloaded, text_inputs(tok))).all()
+
+
+def test_dummy_run_merges_the_shipped_adapters_it_trained(tiny_vl_dir, shapes_rows, tmp_path):
+    """`--train_type dummy` trains the adapters a model ships (e.g. Phi-4-mm's vision-lora); the checkpoint's
+    top-level adapter is the trained one, and merging it gives the trained model's logits."""
+    from tailorkit.tuners.tiny_adapters import build_qwen2_5_vl_with_adapters
+
+    base_dir = tmp_path / "shipped"
+    shipped = build_qwen2_5_vl_with_adapters(base_dir)
+    result = _train(base_dir, shapes_rows, tmp_path / "run", train_type="dummy", adapters=[str(shipped)])
+    assert (result.final_dir / "vision-lora" / "adapter_config.json").is_file()
+    out = tmp_path / "merged"
+    report = run_export(out, ckpt_dir=str(tmp_path / "run")).report
+    assert report["model"] == str(base_dir)
+    merged = AutoModelForImageTextToText.from_pretrained(str(out), dtype=torch.float32)
+    inputs = vl_inputs(AutoProcessor.from_pretrained(out))
+    torch.testing.assert_close(logits(merged, inputs), logits(result.model, inputs), rtol=0, atol=1e-4)

@@ -146,6 +146,7 @@ def _quantize_and_check(cfg: ExportConfig, source: Source, rows: Rows, merged_di
     del quantized
     gc.collect()
     nll_ref, nll_q = mean_nll(reference, rows.check), mean_nll(outputs, rows.check)
+    info["calibration_rows_with_media"] = sum(1 for r in rows.calibration if r.media)
     return {**info, "nll_reference": nll_ref, "nll_export": nll_q, "nll_increase": nll_q - nll_ref,
             "max_abs_logit_diff": max_abs_diff(reference, outputs), "rows": len(rows.check),
             "size_bytes": weights_size(staging), "size_bytes_unquantized": weights_size(merged_dir)}

@@ -37,7 +37,7 @@ class Source:
 def resolve_source(cfg: ExportConfig) -> ServeSpec:
     """Base model, adapters and processor folder from --model/--adapters/--ckpt_dir (as `infer` reads them)."""
     spec = resolve(cfg.model, EngineArgs(adapters=cfg.source.adapters, ckpt_dir=cfg.source.ckpt_dir))
-    return _processor_from_adapter(_with_shipped_adapters(spec))
+    return _processor_from_adapter(spec)
 
 
 def _processor_from_adapter(spec: ServeSpec) -> ServeSpec:
@@ -49,18 +49,6 @@ def _processor_from_adapter(spec: ServeSpec) -> ServeSpec:
         if any((Path(path) / f).is_file() for f in ("tokenizer_config.json", "processor_config.json")):
             return replace(spec, processor_dir=path)
     return spec
-
-
-def _with_shipped_adapters(spec: ServeSpec) -> ServeSpec:
-    """A `--train_type dummy` checkpoint holds one peft folder per shipped adapter and no weights of its own."""
-    folder = Path(spec.model.model)
-    if not folder.is_dir() or (folder / "config.json").is_file():
-        return spec
-    shipped = sorted(p.parent for p in folder.glob("*/adapter_config.json"))
-    if not shipped or not spec.run_config.get("model"):
-        return spec
-    adapters = {p.name: str(p) for p in shipped} | spec.adapters
-    return replace(spec, model=replace(spec.model, model=spec.run_config["model"]), adapters=adapters)
 
 
 def head_kind(run_config: dict) -> str:
