@@ -116,6 +116,8 @@ def test_reward_model_exports_with_its_head(tiny_text_dir, tmp_path):
     merged, _ = _check_merged(out, _peft(fresh, ckpt), text_inputs(tok), AutoModelForSequenceClassification)
     assert merged.score.weight.shape == (1, merged.config.hidden_size)
     assert not torch.equal(merged.score.weight, untrained_head)  # the trained value head, not a new one
+    with pytest.raises(ConfigError, match="quantized reward models"):
+        run_export(tmp_path / "q", ckpt_dir=str(ckpt.parent), quant_method="bnb")
 
 
 def test_dpo_checkpoint_exports_from_its_run_folder(tiny_text_dir, tmp_path):

@@ -48,9 +48,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     spec = resolve_source(cfg)
     if e.quant_method:
         check_quantizer(e.quant_method)
-        if head_kind(spec.run_config) == "reward" and e.quant_method in ("gptq", "awq"):
-            raise ConfigError(f"--quant_method {e.quant_method} has no reward-model (sequence classification) "
-                              "support in GPTQModel; use bnb, or export the reward model merged only")
+        if head_kind(spec.run_config) == "reward":
+            raise ConfigError("quantized reward models are not exported in this version (the quantized export is "
+                              "verified by its NLL, which a score head has none of); export it merged only")
     processor, family = load_family_processor(spec.processor_dir, spec.model)
     check, calib, origin = read_rows(e.dataset, family.is_multimodal, n_check=e.verify_n_samples,
                                      n_calibration=e.quant_n_samples, calibrate=e.quant_method in ("gptq", "awq"))
