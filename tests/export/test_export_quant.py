@@ -83,6 +83,17 @@ def test_fp8_needs_a_gpu(tiny_vl_dir, tmp_path):
     assert not (tmp_path / "fp8").exists()
 
 
+def test_awq_refuses_layers_it_cannot_quantize_before_writing(tiny_vl_dir, shapes_rows, tmp_path):
+    """The stock tiny model's k/v projections have 32 outputs: AWQ would crash in the middle of a layer."""
+    with pytest.raises(ConfigError, match="k_proj has 32 output features; awq needs multiples of 64"):
+        run_export(tmp_path / "q", model=str(tiny_vl_dir), quant_method="awq", group_size=32,
+                   dataset=[str(shapes_rows)], verify_n_samples=2)
+    with pytest.raises(ConfigError, match="not a multiple of --group_size 48"):
+        run_export(tmp_path / "q", model=str(tiny_vl_dir), quant_method="gptq", group_size=48,
+                   dataset=[str(shapes_rows)], verify_n_samples=2)
+    assert not (tmp_path / "q").exists() and not list(tmp_path.glob(".q.staging-*"))
+
+
 def test_gptq_without_rows_is_refused(tiny_vl_dir, tmp_path):
     with pytest.raises(ConfigError, match="calibrates on data"):
         run_export(tmp_path / "q", model=str(tiny_vl_dir), quant_method="gptq")

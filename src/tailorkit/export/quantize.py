@@ -32,6 +32,23 @@ def check_quantizer(method: str) -> None:
                           "machine")
 
 
+def check_layer_sizes(model: torch.nn.Module, family: Family, method: str, group_size: int) -> None:
+    """gptq/awq group the input features of each quantized linear layer; AWQ's clipping search also takes the
+    output features 64 at a time. A layer that does not fit is an error here, not a crash mid-quantization."""
+    if method not in ("gptq", "awq"):
+        return
+    for name in family.linear_leaf_names(model, ("llm",)):
+        if ".lora_" in name:  # the adapter's own layers are merged away, never quantized
+            continue
+        layer = model.get_submodule(name)
+        if layer.in_features % group_size:
+            raise ConfigError(f"{name} has {layer.in_features} input features, not a multiple of --group_size "
+                              f"{group_size}; choose a --group_size that divides it")
+        if method == "awq" and layer.out_features % 64:
+            raise ConfigError(f"{name} has {layer.out_features} output features; awq needs multiples of 64 (its "
+                              "clipping search takes 64 rows at a time); use --quant_method gptq for this model")
+
+
 def full_precision_modules(family: Family) -> list[str]:
     """Module prefixes that stay unquantized: vision tower, aligner, lm_head."""
     return [*family.vision, *family.aligner, *family.lm_head]
@@ -77,9 +94,7 @@ def _gptqmodel(method: str, src: Path, out: Path, *, family: Family, bits: int, 
     try:
         qmodel.quantize(calibration, batch_size=1, backend=backend)
     except (AssertionError, ValueError, NotImplementedError, RuntimeError) as e:
-        raise ModelError(f"{method} quantization of {family.name} failed: {type(e).__name__}: {e} (layer sizes "
-                         f"must be multiples of --group_size {group_size}; awq also needs output sizes that are "
-                         "multiples of 64)") from e
+        raise ModelError(f"{method} quantization of {family.name} failed: {type(e).__name__}: {e}") from e
     qmodel.save(str(out))
     _keep_unconverted(out / "config.json", full_precision_modules(family))
     return {"library": f"gptqmodel {_version('gptqmodel')}", "dtype": _saved_dtype(out),

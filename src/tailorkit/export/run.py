@@ -20,7 +20,7 @@ from ..errors import ConfigError, ModelError
 from ..models.load import load_family_processor
 from .hub import check_hub, push
 from .merge import merge_adapters, write_model
-from .quantize import check_quantizer, full_precision_modules, quantize_folder
+from .quantize import check_layer_sizes, check_quantizer, full_precision_modules, quantize_folder
 from .source import Source, head_kind, load_source, resolve_source
 from .verify import (Rows, batch_of, encode_rows, max_abs_diff, mean_nll, merge_tolerance, read_rows, reload,
                      row_outputs)
@@ -57,6 +57,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     rows = encode_rows(check, calib, origin, processor, e.max_length)
     started = time.time()
     source = load_source(spec, processor)
+    check_layer_sizes(source.model, source.family, e.quant_method, e.group_size)
     for note in source.notes:
         print(f"[tailorkit] {note}")
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"
