@@ -8,6 +8,7 @@ the others get the family's full-precision modules as their skip list).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -92,7 +93,8 @@ def _gptqmodel(method: str, src: Path, out: Path, *, family: Family, bits: int, 
     # Calibrate on our encoder's batches (the training tokens and pixels), not on GPTQModel's own rendering.
     qmodel.prepare_dataset = lambda calibration_dataset, batch_size=1, **_: calibration_dataset
     try:
-        qmodel.quantize(calibration, batch_size=1, backend=backend)
+        with _gptqmodel_logs_in(src):
+            qmodel.quantize(calibration, batch_size=1, backend=backend)
     except (AssertionError, ValueError, NotImplementedError, RuntimeError) as e:
         raise ModelError(f"{method} quantization of {family.name} failed: {type(e).__name__}: {e}") from e
     qmodel.save(str(out))
@@ -109,6 +111,21 @@ def _saved_dtype(folder: Path) -> str:
     """The dtype of the unquantized weights (vision tower, embeddings, scales) as the export's config states it."""
     config = json.loads((folder / "config.json").read_text())
     return str(config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype"))
+
+
+@contextlib.contextmanager
+def _gptqmodel_logs_in(folder: Path):
+    """GPTQModel 7.6 writes per-layer timing logs into ./logs of the working directory (a module constant);
+    they go to the temporary merged folder instead, removed after the export (quant_log.csv, written into the
+    export, keeps the per-layer quantization errors)."""
+    from gptqmodel.looper import loop_processor
+
+    before = loop_processor._PROJECT_LOG_DIR
+    loop_processor._PROJECT_LOG_DIR = folder / "gptqmodel-logs"
+    try:
+        yield
+    finally:
+        loop_processor._PROJECT_LOG_DIR = before
 
 
 def _keep_unconverted(config_file: Path, modules: list[str]) -> None:
