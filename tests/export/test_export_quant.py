@@ -27,7 +27,9 @@ def vl_adapter(tiny_vl_quant_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq", "bnb"])
-def test_merge_and_quantize_in_one_command(method, tiny_vl_quant_dir, vl_adapter, shapes_rows, tmp_path):
+def test_merge_and_quantize_in_one_command(method, tiny_vl_quant_dir, vl_adapter, shapes_rows, tmp_path,
+                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / method
     result = run_export(out, model=str(tiny_vl_quant_dir), adapters=[str(vl_adapter)], quant_method=method,
                         quant_bits=4, group_size=32, dataset=[str(shapes_rows)], verify_n_samples=2)
@@ -40,6 +42,7 @@ def test_merge_and_quantize_in_one_command(method, tiny_vl_quant_dir, vl_adapter
     assert 0 < q["max_abs_logit_diff"]  # really quantized: not the fp32 model
     assert abs(q["nll_increase"]) <= NLL_BOUND
     assert q["size_bytes"] < q["size_bytes_unquantized"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [method]  # nothing left in the working directory
     # Reloads with plain from_pretrained; config.json says how it is quantized.
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == QUANT_CLASS[method]
