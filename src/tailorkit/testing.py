@@ -1,7 +1,8 @@
 """Helpers for tests and benchmarks that ship with the package (bench/ uses them as well as tests/).
 
 A load generator for the OpenAI-compatible server (`tailorkit deploy`): concurrent clients, latency
-percentiles, failures. Nothing in the training or serving path imports this module.
+percentiles, failures; and random (non-zero) LoRA adapters for tiny models. Nothing in the training or
+serving path imports this module.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -71,3 +73,26 @@ async def run_load(base_url: str, bodies: list[dict], *, clients: int = 32, api_
                                for _ in range(clients)))
         report.seconds = time.perf_counter() - start
     return report
+
+
+LLM_ATTENTION = ("q_proj", "v_proj", "o_proj")
+
+
+def build_random_lora(model_dir: str | Path, out: str | Path, seed: int, rank: int = 4, alpha: int | None = None,
+                      target_modules=LLM_ATTENTION) -> Path:
+    """Save a peft LoRA adapter for ``model_dir`` with random (seeded, non-zero) A and B; returns ``out``.
+
+    Non-zero B makes adapters tell apart by their answers; default targets are the LLM attention.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    multimodal = hasattr(AutoConfig.from_pretrained(model_dir), "vision_config")
+    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha or 16 * rank, target_modules=target_modules,
+                        init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return Path(out)

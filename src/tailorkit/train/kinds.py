@@ -36,12 +36,11 @@ def load_policy(cfg: SftConfig) -> ModelBundle:
     return load_bundle(cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
 
 
-def load_reward_bundle(cfg: SftConfig) -> ModelBundle:
+def load_reward_bundle(args: ModelArgs) -> ModelBundle:
     """The LLM with a one-output sequence-classification head (``score``), saved in standard HF format."""
     import transformers
     from transformers import AutoConfig
 
-    args = cfg.model
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     family = resolve_family(config, args.model_type, args.trust_remote_code)
     if family.is_multimodal:
@@ -197,7 +196,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     _pairs("cpo", reference_free_algorithm),
     Kind("kto", load=load_kto_rows, encode=encode_kto_all, collator=KtoCollator, algorithm=kto_algorithm,
          reference=reference_policy),
-    _pairs("rm", reward_model_algorithm, load_model=load_reward_bundle, tuner=reward_tuner),
+    _pairs("rm", reward_model_algorithm, load_model=lambda cfg: load_reward_bundle(cfg.model), tuner=reward_tuner),
     Kind("grpo", load=functools.partial(load_rows, parse=parse_prompt_row),
          encode=functools.partial(encode_all, encode_item=encode_prompt_sample), collator=unpadded,
          algorithm=grpo_algorithm, reference=reference_policy),
