@@ -29,7 +29,7 @@ from ..infer.engine import Engine, Request
 from .errors import ApiError, error_body
 from .guards import ApiKeyGuard, BodyLimit
 from .media import MediaPolicy
-from .memory import ReleaseWhenIdle
+from .memory import ReleaseWhenIdle, return_large_buffers
 from .protocol import ChatRequest, CompletionRequest, Limits, chat_requests, completion_requests, encode_checked
 from .streaming import EventStream, sse_events, usage
 
@@ -78,6 +78,7 @@ def busy(message: str) -> ApiError:
 
 def create_app(engine: Engine, opts: ServerOptions) -> FastAPI:
     """The app serving ``engine``; ``app.state.queue.stats`` records the batch sizes generated."""
+    return_large_buffers()  # memory of large requests goes back to the OS (see memory.py)
     queue = BatchQueue(engine, opts.max_batch_size, opts.batch_wait_s, opts.max_queue)
     slots = Slots(opts.max_concurrent_requests)
 
@@ -168,7 +169,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(_, e: RequestValidationError):
         errors = e.errors()
         status = 400 if any(x.get("type") == "json_invalid" for x in errors) else 422
-        first = errors[0] if errors else {}
+        # of a union's branches, the one that failed on the value rather than on its type says what is wrong
+        first = next((x for x in errors if not x.get("type", "").endswith("_type")), errors[0] if errors else {})
         param = ".".join(str(p) for p in first.get("loc", ())[1:] if not _union_branch(p)) or None
         return answer(status, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param)
 

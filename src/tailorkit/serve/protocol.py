@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from ..config.infer import MIN_TEMPERATURE, PENALTY_RANGE, SEED_MAX
 from ..data.formats import parse_row
@@ -33,6 +33,16 @@ def valid_unicode(value: str) -> str:
     return value
 
 
+def at_most(n: int):
+    """A before-validator refusing a list of more than ``n`` items before any item is validated (pydantic's
+    max_length counts after validating them all)."""
+    def check(value):
+        if isinstance(value, list) and len(value) > n:
+            raise ValueError(f"has {len(value)} items; at most {n} are accepted")
+        return value
+    return BeforeValidator(check)
+
+
 Text = Annotated[str, AfterValidator(valid_unicode)]
 
 
@@ -49,7 +59,7 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: Text | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)]
+    content: Text | Annotated[list[ContentPart], at_most(MAX_PARTS)]
 
 
 class StreamOptions(BaseModel):
@@ -88,12 +98,12 @@ class _Sampling(BaseModel):
 
 
 class ChatRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    messages: Annotated[list[ChatMessage], at_most(MAX_MESSAGES)] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
 class CompletionRequest(_Sampling):
-    prompt: Text | Annotated[list[Text], Field(max_length=MAX_CHOICES)]
+    prompt: Text | Annotated[list[Text], at_most(MAX_CHOICES)]
 
 
 @dataclass(frozen=True)
