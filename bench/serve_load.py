@@ -16,7 +16,8 @@ import asyncio
 import base64
 import io
 import tempfile
-from pathlib import Path
+
+from _measure import model_or_tiny_vl
 
 from tailorkit.config import build_config
 from tailorkit.config.infer import DeployConfig
@@ -63,12 +64,7 @@ def main() -> None:
     p.add_argument("--mix", action="store_true", help="text, image, streamed image and completion requests in turn")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if model is None:
-            from tailorkit.models.tiny import build_qwen2_5_vl
-
-            model = str(Path(tmp) / "tiny-vl")
-            build_qwen2_5_vl(model)
+        model = model_or_tiny_vl(args.model, tmp)
         kind = "mixed (text, image, streamed image, completion)" if args.mix else "text chat"
         print(f"{args.clients} clients, {args.requests} {kind} requests, max_tokens {args.max_tokens}, model {model}")
         measure(model, args.max_batch_size, args)

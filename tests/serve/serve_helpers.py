@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 from tailorkit.config import build_config
 from tailorkit.config.infer import DeployConfig
@@ -33,19 +31,6 @@ def deploy_config(model_dir, adapters: dict, media_root, **over) -> DeployConfig
               "media_root": str(media_root), "max_request_bytes": MAX_BODY, "max_tokens_limit": 64,
               "max_new_tokens": 16, "max_batch_size": 8, **over}
     return build_config(DeployConfig, values)
-
-
-def bomb_png(width: int = 13000, height: int = 13000) -> bytes:
-    """A valid 1-bit PNG of ``width`` x ``height`` black pixels: ~20 KB that Pillow decodes to 169 MB (and 507 MB
-    as RGB). Written chunk by chunk, so building it costs no memory."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def image_chat(url: str, text: str = "What shape is this?", **kw) -> dict:

@@ -12,13 +12,13 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from serve_helpers import AUTH, assert_openai_error, bomb_png, data_uri, deploy_config, image_chat, png_bytes
+from serve_helpers import AUTH, assert_openai_error, data_uri, deploy_config, image_chat, png_bytes
 from tailorkit.data.formats import parse_row
 from tailorkit.infer.engine import GenerationSettings, Request
 from tailorkit.infer.load import build_engine
 from tailorkit.serve.app import create_app
 from tailorkit.serve.deploy import server_options, start_background
-from tailorkit.serve.loadgen import CHAT, COMPLETIONS, Call
+from tailorkit.serve.loadgen import CHAT, COMPLETIONS, Call, bomb_png
 
 LONG = 2048  # max_tokens of requests that are abandoned: generating them to the end takes seconds
 STORY = "Tell me a long story."  # with these prompts the tiny model's greedy reply runs to LONG tokens
@@ -287,3 +287,26 @@ def test_openapi_is_served_behind_the_key_only_when_enabled(engine_cfg, server):
         assert_openai_error(httpx.get(url + "/openapi.json", timeout=30), 401)
         spec = httpx.get(url + "/openapi.json", headers=AUTH, timeout=30).json()
     assert {"/v1/chat/completions", "/v1/completions"} <= set(spec["paths"])
+
+
+def test_the_images_of_one_request_are_bounded_together(engine_cfg):
+    engine, cfg = engine_cfg
+    policy = replace(server_options(cfg, cfg.model.model).policy, max_image_pixels=60 * 60,
+                     max_request_pixels=2 * 56 * 56)
+    part = {"type": "image_url", "image_url": {"url": data_uri(png_bytes(size=56))}}
+    with serving(engine_cfg, policy=policy, batch_wait_s=0.005) as (url, _):
+        two, three = (httpx.post(url + CHAT, json=chat([part] * k + [{"type": "text", "text": "Same?"}]), headers=AUTH,
+                                 timeout=60) for k in (2, 3))
+        big = httpx.post(url + CHAT, json=image_chat(data_uri(png_bytes(size=64))), headers=AUTH, timeout=60)
+    assert two.status_code == 200, two.text
+    assert "--max_request_pixels" in assert_openai_error(three, 400)["message"]
+    assert "64x64 = 4096 pixels" in assert_openai_error(big, 400)["message"]
+
+
+def test_error_texts_never_show_python_object_reprs():
+    from tailorkit.serve.errors import error_body
+
+    body = error_body(400, "cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e40>; also <Foo at 0xdead>")
+    assert body["error"]["message"] == "cannot identify image file; also"
+    assert error_body(500, "x")["error"]["type"] == "server_error"
+    assert error_body(429, "x")["error"]["type"] == "rate_limit_error"

@@ -17,7 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from serve_helpers import bomb_png, data_uri, image_chat
+from serve_helpers import data_uri, image_chat
+from tailorkit.serve.loadgen import bomb_png
 
 BOUND_MB = 100  # the most resident memory may grow over its baseline: during bombs, and after a burst
 MB = 2**20

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -51,6 +53,18 @@ class LoadReport:
         return (f"{len(self.latencies)} ok, {len(self.failures)} failed{f' ({kinds})' if kinds else ''} in "
                 f"{self.seconds:.2f} s: {self.requests_per_s:.1f} requests/s; latency p50 {ms[0.5]:.0f} ms, "
                 f"p90 {ms[0.9]:.0f} ms, p99 {ms[0.99]:.0f} ms")
+
+
+def bomb_png(width: int = 13000, height: int = 13000) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` black pixels: ~20 KB that Pillow decodes to 169 MB (507 MB as
+    RGB), a decompression bomb. Written row by row, so building it costs no memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, row = zlib.compressobj(9), b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def chat_calls(n: int, max_tokens: int, model: str) -> list[Call]:
