@@ -92,8 +92,8 @@ class DeployArgs:
     max_queue: int = _f(256, "most requests waiting for generation; more get 429 with Retry-After")
     max_concurrent_requests: int = _f(256, "most requests in progress (being read, waiting or generating); more "
                                       "get 429 with Retry-After")
-    request_timeout_s: float = _f(600.0, "a request still running after this many seconds ends with 504 (0: no "
-                                  "limit)")
+    request_timeout_s: float = _f(600.0, "a request not answered this many seconds after it is queued for "
+                                  "generation ends with 504 and stops (0: no limit)")
     enable_docs: bool = _f(False, "serve /openapi.json and /docs (behind --api_key when it is set), e.g. for API "
                            "fuzzers")
     batch_wait_ms: float = _f(5.0, "how long the batching queue waits for more requests before generating")
