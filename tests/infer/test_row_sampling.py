@@ -41,26 +41,37 @@ def test_repetition_penalty_matches_transformers_row_by_row():
         torch.testing.assert_close(ours[i], RepetitionPenaltyLogitsProcessor(p)(ids[i: i + 1], scores[i: i + 1])[0])
 
 
-def draws(settings: list[GenerationSettings], row: int, steps: int = 20) -> list[int]:
+def draws(settings: list[GenerationSettings], row: int, steps: int = 20, device: str = "cpu") -> list[int]:
     """Tokens row ``row`` gets over ``steps`` steps (the argmax generate takes after the sampler)."""
     torch.manual_seed(123)  # the global stream (rows without a seed) is the same for every call
-    sampler = RowSampler(settings, torch.device("cpu"), fallback_token=0)
-    ids = torch.zeros(len(settings), 1, dtype=torch.long)
+    sampler = RowSampler(settings, torch.device(device), fallback_token=0)
+    ids = torch.zeros(len(settings), 1, dtype=torch.long, device=device)
     out = []
     for step in range(steps):
         scores = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(step)).repeat(len(settings), 1)
-        out.append(int(sampler(ids, scores)[row].argmax()))
+        out.append(int(sampler(ids, scores.to(device))[row].argmax()))
     return out
 
 
-def test_a_seeded_row_draws_the_same_tokens_whatever_its_batch_mates():
+def seeded_row_is_its_own(device: str) -> None:
     seeded = GenerationSettings(temperature=1.0, seed=7)
-    alone = draws([seeded], 0)
+    alone = draws([seeded], 0, device=device)
     with_mates = draws([GenerationSettings(temperature=1.5, seed=2**63 - 1), GenerationSettings(temperature=0.9),
-                        seeded, GenerationSettings()], 2)
+                        seeded, GenerationSettings()], 2, device=device)
     assert alone == with_mates
     assert len(set(alone)) > 3  # really sampled, not greedy
-    assert draws([GenerationSettings(temperature=1.0, seed=8)], 0) != alone
+    assert draws([GenerationSettings(temperature=1.0, seed=8)], 0, device=device) != alone
+
+
+def test_a_seeded_row_draws_the_same_tokens_whatever_its_batch_mates():
+    seeded_row_is_its_own("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_seeded_row_is_its_own_on_cuda_too():
+    """The per-row generators live on the model's device."""
+    seeded_row_is_its_own("cuda")
 
 
 def test_greedy_rows_keep_their_scores_and_a_non_finite_row_fails_alone():

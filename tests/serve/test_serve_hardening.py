@@ -28,7 +28,7 @@ KEEP_TALKING = [f"Keep talking {i}" for i in range(8)]
 @pytest.fixture(scope="module")
 def engine_cfg(tiny_vl_dir, media_root):
     """One loaded engine for the servers of this module, each with its own options."""
-    cfg = deploy_config(tiny_vl_dir, {}, media_root, max_tokens_limit=4096, batch_wait_ms=300)
+    cfg = deploy_config(tiny_vl_dir, {}, media_root, max_tokens_limit=4096, batch_wait_ms=5)
     return build_engine(cfg.model, cfg.engine)[0], cfg
 
 
@@ -78,19 +78,38 @@ def together(url: str, calls: list[Call]) -> list[tuple[int, str]]:
     return asyncio.run(go())
 
 
+def burst_in_one_batch(url: str, queue, first: Call, rest: list[Call], queued: int) -> list[tuple[int, str]]:
+    """Send ``first``, then ``rest``, while the worker is busy with a long stream; once ``queued`` requests wait
+    (``first`` oldest among them), hang up on the stream: they are generated together, whatever the machine's load."""
+    async def go():
+        async with httpx.AsyncClient(headers=AUTH, timeout=120) as http:
+            async with http.stream("POST", url + CHAT, json=chat(STORY, max_tokens=LONG, stream=True)) as resp:
+                lines = resp.aiter_lines()  # kept open: a dropped line iterator would close the connection
+                while queue.generating == 0:
+                    await anext(lines)
+                tasks = [asyncio.ensure_future(send(http, url, first))]
+                while queue.waiting < 1:
+                    await asyncio.sleep(0.005)
+                tasks += [asyncio.ensure_future(send(http, url, c)) for c in rest]
+                while queue.waiting < queued:
+                    await asyncio.sleep(0.005)
+                del lines
+            return await asyncio.gather(*tasks)
+    return asyncio.run(go())
+
+
 def test_a_seeded_request_first_in_a_batch_leaves_its_batch_mates_alone(engine_cfg):
     """Was: the first row's seed was applied to the whole greedy batch (and seed >= 2**64 failed all of it)."""
     seeded = Call(CHAT, chat("Pick a colour.", temperature=1.0, seed=12345))
-    greedy = [Call(CHAT, chat(f"Name a {w} thing.")) for w in ("red", "green", "blue", "round", "tall", "small")]
+    greedy = [Call(CHAT, chat(f"Name a {w} thing.")) for w in ("red", "green", "blue", "round", "tall")]
+    greedy.append(Call(CHAT, chat("Name a small thing.", seed=2**63 - 1)))  # greedy: its seed changes nothing
     with serving(engine_cfg) as (url, queue):
         alone = one_by_one(url, [seeded, *greedy])
-        before = len(queue.stats.batch_sizes)
-        burst = together(url, [seeded, Call(CHAT, chat("hi", seed=2**64)), *greedy])
-        sizes = queue.stats.batch_sizes[before:]
+        burst = burst_in_one_batch(url, queue, seeded, [Call(CHAT, chat("hi", seed=2**64)), *greedy], queued=7)
     assert burst[1][0] == 422 and "seed" in burst[1][1]
     assert [burst[0], *burst[2:]] == alone  # 200 each, with the reply each gets alone
     assert all(status == 200 for status, _ in alone) and len({text for _, text in alone}) > 1
-    assert sizes == [7], sizes  # the seeded sampled row and six greedy ones generated in one batch
+    assert queue.stats.batch_sizes[-1] == 7  # the seeded sampled row first, the six greedy ones with it
 
 
 def test_completions_text_and_image_chats_in_one_burst_all_succeed(engine_cfg):
@@ -206,7 +225,7 @@ def test_abandoned_streams_stop_and_the_next_request_does_not_wait_for_them(engi
     control = engine_cfg[0].generate_batch([Request(conversation=c, settings=GenerationSettings(max_new_tokens=300))
                                             for c in convs])
     assert [c.completion_tokens for c in control] == [300] * 8  # unabandoned, these replies do not stop early
-    with serving(engine_cfg, batch_wait_s=0.005) as (url, queue):
+    with serving(engine_cfg) as (url, queue):
         quick = Call(CHAT, chat("What is red?", max_tokens=8))
         before_s = timed(url, quick)
         asyncio.run(abandon_streams(url, 8))
@@ -222,7 +241,7 @@ def test_abandoned_streams_stop_and_the_next_request_does_not_wait_for_them(engi
 
 @pytest.mark.slow
 def test_a_client_that_gives_up_on_a_plain_request_cancels_it(engine_cfg):
-    with serving(engine_cfg, batch_wait_s=0.005) as (url, queue):
+    with serving(engine_cfg) as (url, queue):
         with pytest.raises(httpx.ReadTimeout):  # the client closes the connection on its timeout
             httpx.post(url + CHAT, json=chat(STORY, max_tokens=LONG), headers=AUTH, timeout=1.0)
         wait_idle(queue)
@@ -244,13 +263,13 @@ def test_load_over_the_limits_is_429_with_retry_after(engine_cfg):
                 del lines
             return refused, health, await queued  # closing the stream ended the long request
 
-    with serving(engine_cfg, batch_wait_s=0.005, max_batch_size=1, max_queue=1) as (url, queue):
+    with serving(engine_cfg, max_batch_size=1, max_queue=1) as (url, queue):
         refused, health, queued = asyncio.run(go(url, queue))
     err = assert_openai_error(refused, 429)
     assert "--max_queue" in err["message"] and refused.headers["retry-after"] == "1"
     assert health.status_code == 200 and queued.status_code == 200
 
-    with serving(engine_cfg, batch_wait_s=0.005, max_concurrent_requests=1) as (url, queue):
+    with serving(engine_cfg, max_concurrent_requests=1) as (url, queue):
         with httpx.stream("POST", url + CHAT, json=chat(STORY, max_tokens=LONG, stream=True), headers=AUTH,
                           timeout=60) as resp:
             lines = resp.iter_lines()
@@ -269,7 +288,7 @@ def test_load_over_the_limits_is_429_with_retry_after(engine_cfg):
 
 
 def test_a_request_over_its_time_limit_is_504_and_stops(engine_cfg):
-    with serving(engine_cfg, batch_wait_s=0.005, request_timeout_s=0.5) as (url, queue):
+    with serving(engine_cfg, request_timeout_s=0.5) as (url, queue):
         plain = httpx.post(url + CHAT, json=chat(STORY, max_tokens=LONG), headers=AUTH, timeout=60)
         streamed = httpx.post(url + CHAT, json=chat(STORY, max_tokens=LONG, stream=True),
                               headers=AUTH, timeout=60)
@@ -294,7 +313,7 @@ def test_the_images_of_one_request_are_bounded_together(engine_cfg):
     policy = replace(server_options(cfg, cfg.model.model).policy, max_image_pixels=60 * 60,
                      max_request_pixels=2 * 56 * 56)
     part = {"type": "image_url", "image_url": {"url": data_uri(png_bytes(size=56))}}
-    with serving(engine_cfg, policy=policy, batch_wait_s=0.005) as (url, _):
+    with serving(engine_cfg, policy=policy) as (url, _):
         two, three = (httpx.post(url + CHAT, json=chat([part] * k + [{"type": "text", "text": "Same?"}]), headers=AUTH,
                                  timeout=60) for k in (2, 3))
         big = httpx.post(url + CHAT, json=image_chat(data_uri(png_bytes(size=64))), headers=AUTH, timeout=60)
