@@ -73,6 +73,7 @@ class Slots:
 
 
 def busy(message: str) -> ApiError:
+    """429: the server is at a load limit; OpenAI clients retry after Retry-After."""
     return ApiError(429, message, code="server_busy", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 

@@ -47,6 +47,7 @@ def _failure(future: asyncio.Future) -> str:
 
 
 def error_line(status: int, message: str, code: str | None = None) -> str:
+    """An SSE event carrying OpenAI's error JSON (the stream's status is already 200)."""
     return f"data: {json.dumps(error_body(status, message, code=code))}\n\n"
 
 
