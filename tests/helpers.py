@@ -35,3 +35,22 @@ class ParamChangeRecorder(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.changed = {n: not torch.equal(self.before[n], p.detach()) for n, p in model.named_parameters()}
+
+
+def prompt_conversation(with_image: bool):
+    """A one-turn prompt for inference engines: a question about a 56x56 green image, or a plain greeting."""
+    from PIL import Image
+
+    from tailorkit.data.formats import parse_row
+
+    content = "<image>What colour is the shape?" if with_image else "Hello!"
+    images = [Image.new("RGB", (56, 56), (0, 255, 0))] if with_image else []
+    return parse_row({"messages": [{"role": "user", "content": content}], "images": images}, need_reply=False)
+
+
+def hide_package(monkeypatch, name: str) -> None:
+    """Make importlib.util.find_spec report ``name`` as not installed (other packages unaffected)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda pkg, *a: None if pkg == name else real(pkg, *a))
