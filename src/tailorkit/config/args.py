@@ -162,6 +162,8 @@ class TrainArgs:
     alarm_patience: int = _f(5, "logging steps a loss must stay exactly constant (or 0) before it raises an alarm")
     deepspeed: str | None = _f(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
     group_by_length: bool = _f(False, "batch samples of similar length together (less padding; not with --packing)")
+    use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
+                                "cross-entropy) for the families Liger supports; needs a CUDA GPU and liger-kernel")
 
     def __post_init__(self):
         if isinstance(self.gradient_checkpointing_kwargs, str):
@@ -175,6 +177,8 @@ class TrainArgs:
             raise ConfigError(f"alarm_patience must be >= 1 logging step, got {self.alarm_patience}")
         if self.deepspeed is not None:
             _check_deepspeed(self.deepspeed)
+        if self.use_liger_kernel:
+            _check_liger()
 
 
 def _check_deepspeed(value: str) -> None:
@@ -186,6 +190,18 @@ def _check_deepspeed(value: str) -> None:
                           "on this machine")
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(f"deepspeed={value!r} needs the deepspeed package: pip install 'tailorkit[gpu]'")
+
+
+def _check_liger() -> None:
+    import importlib.util
+
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and none "
+                          "is visible; drop --use_liger_kernel to train on this machine")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("--use_liger_kernel needs the liger-kernel package: pip install 'liger-kernel>=0.8.5' "
+                          "(or pip install 'tailorkit[gpu]')")
 
 
 @dataclass

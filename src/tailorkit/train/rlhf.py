@@ -23,6 +23,7 @@ from .preference import (DpoAlgorithm, KtoAlgorithm, ReferenceFreeAlgorithm, Ref
 from .preference_data import (KtoCollator, PairCollator, encode_items, load_rows, parse_kto_row, parse_preference_row,
                               parse_prompt_row, prompt_collate)
 from .rewards import build_rewards
+from .precision import prepare_precision
 from .sft import TrainResult, _check_output_dir, _config_writer, _split, training_arguments
 
 def rlhf(cfg: RlhfConfig) -> TrainResult:
@@ -53,6 +54,7 @@ def rlhf(cfg: RlhfConfig) -> TrainResult:
     tuner = dataclasses.replace(cfg.tuner, modules_to_save=[*cfg.tuner.modules_to_save, "score"]) \
         if r.rlhf_type == "rm" and cfg.tuner.train_type == "lora" else cfg.tuner
     model = apply_tuner(bundle, tuner)
+    prepare_precision(cfg, model)
     trainable, total = count_parameters(model)
     print(f"[tailorkit] rlhf {r.rlhf_type} on {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")

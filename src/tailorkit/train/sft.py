@@ -20,6 +20,7 @@ from .batching import check_batching, train_batches
 from ..tuners.quant import plan_load_kwargs
 from .callbacks import JsonlLogCallback, ProgressCallback, RunFilesCallback, plot_loss
 from .guarded import make_guards, resume_point, train_guarded
+from .precision import prepare_precision
 from .summary import RunSummary
 
 CONFIG_FILE = "args.yaml"
@@ -77,6 +78,7 @@ def _run(cfg: SftConfig, *, text: bool, callbacks: list | None) -> TrainResult:
     set_seed(cfg.train.seed)
     bundle = load_bundle(cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
     model = apply_tuner(bundle, cfg.tuner)
+    prepare_precision(cfg, model)
     trainable, total = count_parameters(model)
     print(f"[tailorkit] {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
@@ -149,8 +151,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        **_checkpointing_arguments(TrainingArguments, t),
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
@@ -164,7 +165,18 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         # which cuts media tensors (pixel_values rows are patches, not samples)
         accelerator_config={"dispatch_batches": False},
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_liger_kernel=t.use_liger_kernel,
     )
+
+
+def _checkpointing_arguments(arguments_class, t) -> dict:
+    """Activation checkpointing under the name this transformers takes: ``activation_checkpointing`` since 5.2x,
+    ``gradient_checkpointing`` before (and a deprecated alias after, which warns)."""
+    from dataclasses import fields
+
+    prefix = "activation" if "activation_checkpointing" in {f.name for f in fields(arguments_class)} else "gradient"
+    return {f"{prefix}_checkpointing": t.gradient_checkpointing,
+            f"{prefix}_checkpointing_kwargs": t.gradient_checkpointing_kwargs}
 
 
 def _deepspeed_config(value: str | None):
