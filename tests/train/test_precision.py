@@ -15,13 +15,28 @@ from tailorkit.train.losses import sft_loss
 from tailorkit.train.precision import check_liger_supports, liger_model_types, upcast_trainable_to_fp32
 
 
-def test_fp16_master_weights_are_the_trainable_parameters_only():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).half()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_master_weights_are_the_trainable_parameters_only(dtype):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(dtype)
     model[0].requires_grad_(False)
     assert upcast_trainable_to_fp32(model) == 2
-    assert [p.dtype for p in model[0].parameters()] == [torch.float16] * 2
+    assert [p.dtype for p in model[0].parameters()] == [dtype] * 2
     assert [p.dtype for p in model[1].parameters()] == [torch.float32] * 2
     assert upcast_trainable_to_fp32(model) == 0
+
+
+def test_bf16_full_training_keeps_fp32_masters_so_small_updates_land(tiny_text_dir, tmp_path):
+    """A bf16 norm weight of 1.0 cannot take an lr-1e-4 Adam step (bf16 spacing there is 0.008): with the master
+    weights in fp32 every trained parameter moves at step 1 (the trainability check would stop the run)."""
+    from helpers import text_chat_rows, write_jsonl
+    from tailorkit.train.sft import sft
+
+    data = write_jsonl(tmp_path / "d.jsonl", text_chat_rows(4))
+    result = sft(parse("sft", ["--model", str(tiny_text_dir), "--dataset", str(data), "--train_type", "full",
+                               "--torch_dtype", "bfloat16", "--max_steps", "1", "--learning_rate", "1e-4",
+                               "--save_strategy", "no", "--output_dir", str(tmp_path / "out")]))
+    assert {p.dtype for p in result.model.parameters()} == {torch.float32}
+    assert result.summary.status == "completed", result.summary
 
 
 def test_fp16_and_liger_refused_on_cpu_with_the_reason(monkeypatch):

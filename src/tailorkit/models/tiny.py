@@ -103,13 +103,13 @@ def _text_config(tok, **over) -> dict:
     return cfg
 
 
-def build_qwen2(out: str | Path) -> None:
-    """Tiny Qwen2 text model (Qwen2-Instruct chat template)."""
+def build_qwen2(out: str | Path, **config: int) -> None:
+    """Tiny Qwen2 text model (Qwen2-Instruct chat template); ``config`` overrides its sizes (hidden_size, ...)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tok = _qwen_tokenizer(QWEN2_TEMPLATE)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**_text_config(tok)))
+    model = Qwen2ForCausalLM(Qwen2Config(**_text_config(tok, **config)))
     _save(model, tok, out)
 
 

@@ -1,10 +1,11 @@
-"""Mixed precision and fused-kernel settings of a training run: fp16 master weights, Liger kernels.
+"""Mixed precision and fused-kernel settings of a training run: fp32 master weights, Liger kernels.
 
-bf16 trains the weights as loaded (bf16 has fp32's exponent range, so no loss scaling is needed). fp16
-runs under autocast with a grad scaler (transformers' ``fp16=True``); the scaler refuses to unscale fp16
-gradients, and fp16 updates of small learning rates round to nothing, so the trained parameters are held
-in fp32 (the master weights) while frozen ones stay fp16. The scaler's state is saved in every
-checkpoint (``scaler.pt``) and restored on resume by the Trainer.
+bf16 and fp16 runs compute under autocast (transformers' ``bf16``/``fp16``); fp16 also scales the loss with
+a grad scaler, whose state is saved in every checkpoint (``scaler.pt``) and restored on resume by the
+Trainer. The trained parameters are held in fp32 (the master weights) while frozen ones stay in the
+16-bit dtype they were loaded in: a 16-bit weight cannot take an update smaller than half its spacing
+(bf16 near 1.0: 0.004, so a norm weight never moves at lr 1e-5), and the grad scaler refuses to unscale
+fp16 gradients. Under DeepSpeed the weights stay as loaded: its bf16/fp16 optimizer keeps fp32 masters itself.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from ..errors import ConfigError
 
 
 def upcast_trainable_to_fp32(model: torch.nn.Module) -> int:
-    """Cast every trainable fp16 parameter to fp32 in place; returns how many were cast."""
+    """Cast every trainable fp16/bf16 parameter to fp32 in place; returns how many were cast."""
     cast = 0
     for param in model.parameters():
-        if param.requires_grad and param.dtype == torch.float16:
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
             param.data = param.data.float()
             cast += 1
     return cast
@@ -43,11 +44,15 @@ def check_liger_supports(model: torch.nn.Module) -> str:
 
 
 def prepare_precision(cfg, model: torch.nn.Module) -> None:
-    """Before the Trainer is built: fp32 master weights for fp16 training; Liger's family check."""
-    if cfg.model.torch_dtype == "float16":
+    """Before the Trainer is built: fp32 master weights for 16-bit training; Liger's family check."""
+    from ..models.load import resolve_dtype
+
+    dtype = resolve_dtype(cfg.model.torch_dtype)
+    if dtype in (torch.float16, torch.bfloat16) and not cfg.train.deepspeed:
         cast = upcast_trainable_to_fp32(model)
-        print(f"[tailorkit] fp16 mixed precision: {cast} trainable tensors kept in fp32 (master weights), "
-              "frozen weights in fp16, loss scaled by a grad scaler")
+        name = "fp16" if dtype == torch.float16 else "bf16"
+        print(f"[tailorkit] {name} mixed precision: {cast} trainable tensors held in fp32 (master weights), "
+              f"frozen weights in {name}" + (", loss scaled by a grad scaler" if name == "fp16" else ""))
     if cfg.train.use_liger_kernel:
         model_type = check_liger_supports(model)
         print(f"[tailorkit] Liger kernels for {model_type}: RMSNorm, RoPE, SwiGLU, fused linear cross-entropy")

@@ -14,7 +14,7 @@ from ..data.collate import Collator
 from ..data.dataset import EncodeReport, StreamingEncoded, encode_all, load_conversations, load_text_samples
 from ..data.validate import preflight_stream
 from ..errors import ConfigError
-from ..models.load import ModelBundle, load_bundle
+from ..models.load import ModelBundle, load_bundle, resolve_dtype
 from ..tuners.plan import apply_tuner, count_parameters
 from .batching import check_batching, train_batches
 from ..tuners.quant import plan_load_kwargs
@@ -144,7 +144,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
     from transformers import TrainingArguments
 
     t = cfg.train
-    dtype = cfg.model.torch_dtype
+    dtype = resolve_dtype(cfg.model.torch_dtype)  # "auto" is bf16 on a GPU that has it: autocast then too
     eval_steps = t.eval_steps or t.save_steps
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
@@ -157,7 +157,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool):
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
         eval_strategy=("steps" if t.save_strategy == "steps" else t.save_strategy) if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        eval_steps=eval_steps if has_eval else None, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=_deepspeed_config(t.deepspeed),
         ddp_find_unused_parameters=False, save_only_model=False,
