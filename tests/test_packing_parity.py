@@ -218,18 +218,23 @@ def _to(batch: dict, device: str) -> dict:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "autocast"])
 @pytest.mark.parametrize("mode", ["packing", "padding_free"])
 @pytest.mark.parametrize("kind", ["text", "qwen2_5_vl"])
 def test_packed_bf16_on_gpu_runs_one_varlen_kernel_and_matches_one_by_one(tiny_text_dir, tiny_vl_dir, kind, mode,
-                                                                           monkeypatch):
-    """On a GPU in bf16 a packed row is one fused varlen launch per layer (mRoPE positions included); its
-    per-token losses match the samples run alone within BF16_TOL, and the gradient norms within 2%."""
+                                                                           precision, monkeypatch):
+    """On a GPU in bf16 (weights in bf16, or fp32 masters under bf16 autocast as training runs) a packed row is
+    one fused varlen launch per layer (mRoPE positions included); its per-token losses match the samples run
+    alone within BF16_TOL, and the gradient norms within 2%."""
     from collections import Counter
 
     from tailorkit.train import attention
 
     model_dir, rows = (tiny_text_dir, _text_rows(6, seed=0)) if kind == "text" else (tiny_vl_dir, _vl_rows(seed=1))
-    cfg, bundle, samples = _setup(model_dir, rows, **{mode: True}, torch_dtype="bfloat16")
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    cfg, bundle, samples = _setup(model_dir, rows, **{mode: True}, torch_dtype=dtype)
+    if precision == "autocast":
+        monkeypatch.setattr(bundle.model, "forward", torch.autocast("cuda", dtype=torch.bfloat16)(bundle.model.forward))
     model, pad_id = bundle.model.to("cuda"), bundle.tokenizer.pad_token_id
     items, collator, _ = train_batches(cfg, model, samples, pad_id)
     kernels = Counter()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tailorkit.train import attention
-from tailorkit.train.attention import cached_segment_starts, packed_kernel, segment_starts, torch_varlen
+from tailorkit.train.attention import (autocast_inputs, cached_segment_starts, packed_kernel, segment_starts,
+                                       torch_varlen)
 
 
 def fake_query(*, cuda=True, dtype=torch.bfloat16, head_dim=64):
@@ -25,6 +26,14 @@ def test_packed_rows_take_torch_varlen_on_a_gpu_in_half_precision_only():
     assert packed_kernel(fake_query(head_dim=12)) == "sdpa_per_segment"  # flash takes multiples of 8
     assert packed_kernel(fake_query(), dropout=0.1) == "sdpa_per_segment"  # varlen_attn has no dropout
     assert packed_kernel(torch.zeros(1, 2, 8, 16)) == "sdpa_per_segment"
+
+
+def test_under_autocast_mixed_q_k_v_take_its_dtype():
+    """fp32 masters under bf16 autocast: rotary leaves q, k in fp32, v is bf16; the kernel gets one dtype."""
+    q, k, v = torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)
+    assert [t.dtype for t in autocast_inputs(q, k, v)] == [torch.float32, torch.float32, torch.bfloat16]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert {t.dtype for t in autocast_inputs(q, k, v)} == {torch.bfloat16}
 
 
 def test_without_torch_varlen_packed_rows_run_per_segment(monkeypatch):

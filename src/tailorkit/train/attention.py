@@ -79,6 +79,17 @@ def packed_kernel(query: torch.Tensor, dropout: float = 0.0) -> str:
     return "torch_varlen" if fused else "sdpa_per_segment"
 
 
+def autocast_inputs(query, key, value):
+    """q, k, v in autocast's dtype when autocast is on, as sdpa would take them. With fp32 master weights the
+    rotary embedding leaves q and k in fp32 (its cos/sin follow the fp32 residual stream) while v comes out of
+    an autocast matmul in bf16; the fused varlen kernel takes one 16-bit dtype."""
+    device = query.device.type
+    if not torch.is_autocast_enabled(device):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
 def varlen_forward(query, key, value, starts: list[int], scaling=None) -> torch.Tensor:
     """Causal attention within each segment through torch's ``varlen_attn``; (1, T, heads, dim) out."""
     varlen_attn, params = torch_varlen()
@@ -110,6 +121,7 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     if starts is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    query, key, value = autocast_inputs(query, key, value)
     if packed_kernel(query, dropout) == "torch_varlen":
         return varlen_forward(query, key, value, starts, scaling=scaling), None
     bounds = list(zip(starts, starts[1:] + [query.shape[2]]))
