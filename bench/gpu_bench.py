@@ -167,6 +167,7 @@ def build(case: Case, smoke: bool, device: str):
     torch.manual_seed(0)
     with torch.device(device):
         model = auto.from_config(config, dtype=dtype)
+    model.to(device)  # in case this transformers builds outside the device context
     llm = model.model.language_model if hasattr(model.model, "language_model") else model.model
     return model, llm, model.lm_head
 

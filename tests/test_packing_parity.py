@@ -210,7 +210,8 @@ def test_family_that_cannot_pack_exactly_is_refused_up_front(name, mode, family_
                                             "trust_remote_code": fam.trust_remote_code}))  # padded batches train
 
 
-BF16_TOL = 0.05  # per-token NLL, packed (one bf16 varlen kernel) vs one by one (bf16 sdpa); nats
+# Per-token NLL in nats, packed (one bf16 varlen kernel) vs one by one (stock bf16 sdpa): largest, and mean.
+BF16_TOL, BF16_MEAN_TOL = 0.1, 0.02
 
 
 def _to(batch: dict, device: str) -> dict:
@@ -225,7 +226,7 @@ def test_packed_bf16_on_gpu_runs_one_varlen_kernel_and_matches_one_by_one(tiny_t
                                                                            precision, monkeypatch):
     """On a GPU in bf16 (weights in bf16, or fp32 masters under bf16 autocast as training runs) a packed row is
     one fused varlen launch per layer (mRoPE positions included); its per-token losses match the samples run
-    alone within BF16_TOL, and the gradient norms within 2%."""
+    alone within BF16_TOL (BF16_MEAN_TOL on average), and the gradient norms within 2%."""
     from collections import Counter
 
     from tailorkit.train import attention
@@ -257,4 +258,5 @@ def test_packed_bf16_on_gpu_runs_one_varlen_kernel_and_matches_one_by_one(tiny_t
     assert kernels["torch_varlen"] == model.config.get_text_config().num_hidden_layers  # one launch per layer
     assert nll[0].shape == ref.shape
     assert (nll[0] - ref).abs().max().item() <= BF16_TOL
+    assert (nll[0] - ref).abs().mean().item() <= BF16_MEAN_TOL
     assert abs(norm.item() - ref_norm.item()) <= 0.02 * ref_norm.item()
