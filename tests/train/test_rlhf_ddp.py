@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 @pytest.mark.slow
@@ -25,7 +20,7 @@ def test_torchrun_two_process_dpo_gradient_checkpointing_lora(tiny_text_dir, tmp
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "tailorkit", "rlhf", "--rlhf_type", "dpo",
+           "--master_port", str(free_port()), "-m", "tailorkit", "rlhf", "--rlhf_type", "dpo",
            "--model", str(tiny_text_dir), "--dataset", str(data), "--train_type", "lora", "--torch_dtype", "float32",
            "--gradient_checkpointing", "true", "--per_device_train_batch_size", "2", "--max_steps", "3",
            "--logging_steps", "1", "--save_strategy", "no", "--output_dir", str(out)]

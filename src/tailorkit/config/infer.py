@@ -18,17 +18,22 @@ PENALTY_RANGE = (0.01, 10.0)  # repetition_penalty divides or multiplies scores
 
 @dataclass
 class EngineArgs:
-    infer_backend: str = arg("transformers", "inference engine: transformers or vllm (sglang and lmdeploy are "
-                            "not available in this version)", choices=BACKENDS)
+    infer_backend: str = arg("transformers", "inference engine: transformers, vllm, sglang or lmdeploy (the last "
+                             "three need their package and a CUDA GPU)", choices=BACKENDS)
     adapters: list[str] = arg([], "LoRA checkpoints: 'path' or 'name=path'; infer applies all of them together, "
-                             "deploy serves each under its name")
+                              "deploy serves each under its name")
     ckpt_dir: str | None = arg(None, "a training run's checkpoint (or output) folder: its args.yaml gives the base "
                               "model, its processor and chat template are used")
     max_batch_size: int = arg(16, "most prompts generated together in one batch")
     vllm_gpu_memory_utilization: float = arg(0.9, "vllm: fraction of GPU memory vLLM may take")
     vllm_max_model_len: int | None = arg(None, "vllm: longest prompt + reply in tokens (default: the model's)")
-    vllm_max_lora_rank: int = arg(64, "vllm: largest LoRA rank among --adapters")
+    vllm_max_lora_rank: int = arg(64, "vllm, sglang: largest LoRA rank among --adapters")
     vllm_limit_mm_per_prompt: dict = arg({}, 'vllm: JSON of the most media items per prompt, e.g. {"image": 4}')
+    sglang_mem_fraction_static: float | None = arg(None, "sglang: fraction of GPU memory for weights and KV cache "
+                                                   "(default: SGLang's choice)")
+    sglang_context_length: int | None = arg(None, "sglang: longest prompt + reply in tokens (default: the model's)")
+    lmdeploy_session_len: int | None = arg(None, "lmdeploy: longest prompt + reply in tokens (default: the model's)")
+    lmdeploy_cache_max_entry_count: float = arg(0.8, "lmdeploy: fraction of free GPU memory for the KV cache")
 
     def __post_init__(self):
         if isinstance(self.vllm_limit_mm_per_prompt, str):
@@ -38,6 +43,11 @@ class EngineArgs:
                 raise ConfigError(f"vllm_limit_mm_per_prompt is not valid JSON: {e}") from None
         if self.infer_backend not in BACKENDS:
             raise ConfigError(f"infer_backend {self.infer_backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.sglang_mem_fraction_static is not None and not 0 < self.sglang_mem_fraction_static < 1:
+            raise ConfigError(f"sglang_mem_fraction_static must be in (0, 1), got {self.sglang_mem_fraction_static}")
+        if not 0 < self.lmdeploy_cache_max_entry_count < 1:
+            raise ConfigError("lmdeploy_cache_max_entry_count must be in (0, 1), got "
+                              f"{self.lmdeploy_cache_max_entry_count}")
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
 

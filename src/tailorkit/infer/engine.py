@@ -175,6 +175,29 @@ class ReplyTracker:
         return out
 
 
+def single_adapter(names: tuple[str, ...], loaded: tuple[str, ...], backend: str) -> str | None:
+    """The one adapter a request of a serving engine uses (None: the base model); engines that apply one LoRA
+    adapter per request refuse several, and every engine refuses one it has not loaded."""
+    if not names:
+        return None
+    if len(names) > 1:
+        raise ConfigError(f"the {backend} backend applies one LoRA adapter per request; merge them or use "
+                          "--infer_backend transformers to apply several together")
+    if names[0] not in loaded:
+        raise ConfigError(f"adapter {names[0]!r} is not loaded; loaded: {list(loaded)}")
+    return names[0]
+
+
+def request_images(request: Request) -> list:
+    """The decoded images of a conversation request, in order (an unreadable one is a DataError naming the row)."""
+    from ..data.media import load_image
+
+    conv = request.conversation
+    if conv is None:
+        return []
+    return [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
+
+
 def context_length(config) -> int | None:
     """The text model's max_position_embeddings, if the config has one."""
     if config is None:
