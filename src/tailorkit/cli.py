@@ -22,10 +22,12 @@ class Verb:
 def _verbs() -> dict[str, Verb]:
     from .config import SftConfig
     from .config.eval import EvalConfig
+    from .config.export import ExportConfig
     from .config.infer import DeployConfig, InferConfig
     from .demo.run import DemoConfig, demo
     from .doctor import DoctorConfig, doctor
     from .eval.runner import evaluate
+    from .export.run import export
     from .infer.run import infer
     from .models.tiny_cli import TinyConfig, tiny
     from .serve.deploy import deploy
@@ -49,6 +51,8 @@ def _verbs() -> dict[str, Verb]:
                      evaluate),
         "deploy": Verb("serve an OpenAI-compatible API (127.0.0.1 by default; --api_key guards every endpoint)",
                        DeployConfig, deploy),
+        "export": Verb("merge adapters into the base and/or quantize (gptq, awq, bnb, fp8); the export is reloaded "
+                       "and verified against the model in memory before it counts", ExportConfig, export),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", TinyConfig, tiny),
     }
 

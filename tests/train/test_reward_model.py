@@ -85,6 +85,18 @@ def test_vl_reward_model_learns_a_preference_and_reloads(tiny_vl_dir, tmp_path):
 
     assert AutoModelForImageTextToText.from_pretrained(final).config.model_type == "qwen2_5_vl"
 
+    # `tailorkit export` of the full checkpoint keeps its trained head (verified value for value on an image row)
+    from tailorkit.config.export import ExportConfig
+    from tailorkit.config.loading import build_config
+    from tailorkit.export.run import export
+
+    report = export(build_config(ExportConfig, dict(output_dir=str(tmp_path / "export"), torch_dtype="float32",
+                                                    merge_lora=True, ckpt_dir=str(tmp_path / "out")))).report
+    assert report["head"] == "reward" and report["merge"]["max_abs_logit_diff"] <= report["merge"]["tolerance"]
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_scores(load_reward_model(str(tmp_path / "export")).model, batch),
+                                   sequence_scores(result.model, batch), rtol=0, atol=1e-5)
+
 
 def test_lora_reward_model_checkpoint_reloads_with_its_head(tiny_text_dir, tmp_path):
     rows = [{"messages": [{"role": "user", "content": f"Is the {w} fine?"}, {"role": "assistant", "content": "yes"}],
@@ -107,6 +119,18 @@ def test_lora_reward_model_checkpoint_reloads_with_its_head(tiny_text_dir, tmp_p
         torch.testing.assert_close(sequence_scores(reloaded.model, batch), expected, rtol=0, atol=1e-5)
     trained = [p for n, p in result.model.named_parameters() if "lora_B" in n]
     assert trained and all(p.abs().sum() > 0 for p in trained)
+
+    # `tailorkit export` merges the adapter and keeps the head: the export scores as the checkpoint does
+    from tailorkit.config.export import ExportConfig
+    from tailorkit.config.loading import build_config
+    from tailorkit.export.run import export
+
+    report = export(build_config(ExportConfig, dict(output_dir=str(tmp_path / "export"), torch_dtype="float32",
+                                                    merge_lora=True, ckpt_dir=str(tmp_path / "out")))).report
+    assert report["head"] == "reward" and report["merge"]["max_abs_logit_diff"] <= report["merge"]["tolerance"]
+    with torch.no_grad():
+        exported = sequence_scores(load_reward_model(str(tmp_path / "export")).model, batch)
+    torch.testing.assert_close(exported, expected, rtol=0, atol=1e-5)
     lm_head = dict(result.model.named_parameters())["base_model.model.lm_head.weight"]
     assert not lm_head.requires_grad  # a score never reads the LM head: frozen, so DDP sees no unused parameter
 

@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import free_port
+
 from tailorkit.train.trainer import DDP_READY_TWICE_FIX
 
 HERE = Path(__file__).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _colour_pairs(folder: Path) -> str:
@@ -49,7 +44,7 @@ def ranks(tiny_vl_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     data = _colour_pairs(tmp)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HERE / "ddp_child.py"), str(tiny_vl_dir), data, str(tmp)]
+           "--master_port", str(free_port()), str(HERE / "ddp_child.py"), str(tiny_vl_dir), data, str(tmp)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]

@@ -141,10 +141,17 @@ def load_reward_model(path: str, *, torch_dtype: str = "float32", trust_remote_c
     comes from the run's args.yaml or adapter_config.json; the adapter is merged) or a run folder (its
     checkpoint-final). The model is in eval mode with no gradients.
     """
+    from transformers.utils import logging as hf_logging
+
     folder = checkpoint_folder(Path(path))
     adapter = (folder / "adapter_config.json").is_file()
     base = _adapter_base(folder) if adapter else str(folder)
-    bundle = load_bundle(ModelArgs(model=base, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code))
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the LM class reports v_head.weight as unexpected: it is loaded below
+    try:
+        bundle = load_bundle(ModelArgs(model=base, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code))
+    finally:
+        hf_logging.set_verbosity(level)
     model = bundle.model
     add_value_head(model)
     if adapter:

@@ -54,8 +54,14 @@ class SftAlgorithm:
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)
-        loss = sft_loss(outputs.logits, labels, num_items_in_batch)
+        if trainer.args.use_liger_kernel and model.training:
+            # Liger's fused linear cross-entropy never materialises the logits; it takes the labels and the
+            # step's token count and computes sft_loss's sum / num_items (same shift, same ignore index).
+            outputs = model(**inputs, labels=labels, num_items_in_batch=num_items_in_batch, use_cache=False)
+            loss = outputs.loss
+        else:
+            outputs = model(**inputs, use_cache=False)
+            loss = sft_loss(outputs.logits, labels, num_items_in_batch)
         if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
             loss = loss * trainer.accelerator.num_processes  # DDP averages gradients; the count is global
         penalty = adapter_penalty(trainer.model, self.plan)

@@ -18,6 +18,7 @@ import transformers
 
 from ..config.train import SftConfig
 from ..errors import ConfigError
+from ..models.load import resolve_dtype
 from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import Plan
@@ -267,21 +268,20 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
     from transformers import TrainingArguments
 
     t = cfg.train
-    dtype = cfg.model.torch_dtype
+    dtype = resolve_dtype(cfg.model.torch_dtype)  # "auto" is bf16 on a GPU that has it: autocast then too
     eval_steps = t.eval_steps or t.save_steps
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        **_checkpointing_arguments(TrainingArguments, t),
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
         eval_strategy=t.resolved_eval_strategy() if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        eval_steps=eval_steps if has_eval else None, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed_config(t.deepspeed),
         ddp_find_unused_parameters=False, save_only_model=False, ignore_data_skip=ignore_data_skip,
@@ -290,7 +290,18 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         # which cuts media tensors (pixel_values rows are patches, not samples)
         accelerator_config={"dispatch_batches": False},
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_liger_kernel=t.use_liger_kernel,
     )
+
+
+def _checkpointing_arguments(arguments_class, t) -> dict:
+    """Activation checkpointing under the name this transformers takes: ``activation_checkpointing`` since 5.2x,
+    ``gradient_checkpointing`` before (and a deprecated alias after, which warns)."""
+    from dataclasses import fields
+
+    prefix = "activation" if "activation_checkpointing" in {f.name for f in fields(arguments_class)} else "gradient"
+    return {f"{prefix}_checkpointing": t.gradient_checkpointing,
+            f"{prefix}_checkpointing_kwargs": t.gradient_checkpointing_kwargs}
 
 
 DEEPSPEED_PRESETS = {
