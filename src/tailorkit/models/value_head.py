@@ -45,8 +45,8 @@ def add_value_head(model: torch.nn.Module, hidden_size: int | None = None, seed:
 
 
 def text_hidden_size(model: torch.nn.Module) -> int:
-    config = getattr(model, "config")
-    return config.get_text_config().hidden_size
+    """The width of the language model's hidden states (a VLM's text config)."""
+    return model.config.get_text_config().hidden_size
 
 
 def value_head_of(model: torch.nn.Module) -> torch.nn.Module:

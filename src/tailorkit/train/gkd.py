@@ -18,6 +18,7 @@ import torch
 
 from ..config.rlhf import RlhfConfig
 from ..config.train import ModelArgs
+from ..data.encode import IGNORE
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from .algorithm import Metrics, per_step_loss
@@ -44,7 +45,7 @@ def gkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
 
     Only the supervised positions are gathered first, so the divergence never sees a [N, T, V] mixture.
     """
-    mask = labels[:, 1:] != -100
+    mask = labels[:, 1:] != IGNORE
     student = student_logits[:, :-1][mask]
     teacher = teacher_logits[:, :-1][mask]
     vocab = min(student.shape[-1], teacher.shape[-1])  # padded embedding rows beyond the shared tokenizer
@@ -94,7 +95,7 @@ class GkdAlgorithm:
             teacher_logits = teacher(**model_inputs(batch), use_cache=False).logits
         loss = gkd_loss(student, teacher_logits, batch["labels"], beta=self.beta, temperature=self.temperature,
                         top_k=self.top_k)
-        mask = batch["labels"][:, 1:] != -100
+        mask = batch["labels"][:, 1:] != IGNORE
         with torch.no_grad():  # the student's KL to the teacher, whatever beta the loss uses
             kl = gkd_loss(student.detach(), teacher_logits, batch["labels"], beta=0.0, temperature=self.temperature)
         self.metrics.add(model, teacher_kl=kl, on_policy=float(source == "student"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.rlhf import LOSS_CHOICES
+from ..data.encode import IGNORE
 from ..data.preference import EncodedPrompt
 from .algorithm import Metrics, RolloutReuse, per_step_loss
 from .losses import masked_mean, token_entropy, token_log_probs
@@ -184,10 +185,6 @@ class GrpoAlgorithm:
         self.rollout_reuse = settings.num_iterations  # the Trainer repeats each step's batches this many times
         self.metrics = Metrics()
 
-    def rollout(self, model, samples: list[EncodedPrompt]) -> Rollout:
-        """``num_generations`` completions per prompt, in order (kept for tests and tools)."""
-        return self.sampler.rollout(model, samples, self.s.num_generations)
-
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         samples = inputs["prompts"]
         step, fresh = self.reuse.get(trainer, model, samples, lambda: self._prepare(trainer, model, samples))
@@ -213,7 +210,7 @@ class GrpoAlgorithm:
         if self.s.dynamic_sample and model.training:
             rollout, rewards, per_func = self._dynamic_sample(gen_model, samples, rollout, rewards, per_func, device)
         batch = rollout_batch(rollout, self.sampler.collate, device)
-        mask = batch["labels"][:, 1:] != -100
+        mask = batch["labels"][:, 1:] != IGNORE
         if self.s.overlong_filter:
             keep = torch.tensor([not t for t in rollout.truncated], device=device)
             mask = mask & keep.unsqueeze(1)
@@ -274,7 +271,7 @@ class GrpoAlgorithm:
         if fresh:  # the rollout's own numbers, once per rollout
             values.update(reward=step.rewards, reward_std=grouped.std(dim=1),
                           frac_reward_zero_std=(grouped.std(dim=1) == 0).float(),
-                          completion_length=step.batch["labels"][:, 1:].ne(-100).sum(-1).float(),
+                          completion_length=(step.batch["labels"][:, 1:] != IGNORE).sum(-1).float(),
                           **{f"rewards/{name}": torch.tensor(v) for name, v in step.per_func.items()})
             if model.training:
                 self.alarms.check(step.rewards, step.advantages, s.num_generations, mean_kl)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.encode import IGNORE
 from ..data.preference import EncodedPrompt
 from ..errors import ConfigError
 from ..models.load import ModelBundle
@@ -201,7 +202,7 @@ class PpoAlgorithm:
         if self.s.kl_coef != 0.0:
             with self.reference.active(trainer, model) as ref_model:
                 ref, _ = token_logps(ref_model, batch, temperature=self.s.temperature)
-        return PpoStep(batch, batch["labels"][:, 1:] != -100, scores, per_func, ref)
+        return PpoStep(batch, batch["labels"][:, 1:] != IGNORE, scores, per_func, ref)
 
     def _advantages(self, model, step: PpoStep, logps: torch.Tensor, values: torch.Tensor) -> None:
         """Old log-probs and values of the rollout, then its advantages and returns."""
