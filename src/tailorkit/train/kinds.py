@@ -196,6 +196,7 @@ def sampler_of(cfg: RlhfConfig, bundle: ModelBundle) -> Sampler:
 
 
 def rewards_of(cfg: RlhfConfig):
+    """--reward_funcs (built-ins and --external_plugins) and --reward_model, with --reward_weights."""
     g = cfg.grpo
     return build_rewards(g.reward_funcs, g.reward_weights, g.external_plugins, format_pattern=g.format_pattern,
                          max_completion_length=g.max_completion_length, soft_cache_length=g.soft_cache_length,

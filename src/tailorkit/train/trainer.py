@@ -223,6 +223,7 @@ class ReadyTwiceGuard:
         self.counts[name] = self.counts.get(name, 0) + 1
 
     def check(self) -> None:
+        """After a micro-batch's backward: raise if any parameter's gradient arrived twice, then start over."""
         twice = sorted(n for n, c in self.counts.items() if c > 1)
         self.counts.clear()
         if twice:
