@@ -71,3 +71,15 @@ def _skip_shared_memory_build() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def forget_earlier_runs() -> None:
+    """Drop what an earlier DeepSpeed run in this process left behind (one Python session training twice): its
+    config registered with transformers would make the next model load partitioned for ZeRO-3, and the flag
+    accelerate sets in this process's environment would make the next run's state DeepSpeed's."""
+    import os
+
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)

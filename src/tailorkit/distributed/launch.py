@@ -71,18 +71,20 @@ def init_processes(dist: DistributedArgs):
     and silence every rank but 0; returns accelerate's PartialState."""
     from accelerate import PartialState
 
+    from .deepspeed import forget_earlier_runs
+
+    forget_earlier_runs()
     kwargs = {"timeout": timedelta(seconds=dist.ddp_timeout)}
-    if dist.ddp_backend:
-        kwargs["backend"] = dist.ddp_backend
-    if dist.deepspeed and launched():
-        kwargs["backend"] = dist.ddp_backend or _deepspeed_backend()
+    if launched():
+        kwargs["backend"] = dist.ddp_backend or default_backend()
     state = PartialState(**kwargs)
     if not state.is_main_process:
         quiet()
     return state
 
 
-def _deepspeed_backend() -> str:
+def default_backend() -> str:
+    """nccl between GPUs, gloo between CPU processes."""
     import torch
 
     return "nccl" if torch.cuda.is_available() else "gloo"
