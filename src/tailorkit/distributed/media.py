@@ -49,12 +49,24 @@ class MediaCollectives:
         features = self.owner.get_image_features(**self.dummy_inputs(self.owner, embeds))
         self.vision_ran = False
         self.dummy_passes += 1
-        kwargs["inputs_embeds"] = embeds + 0.0 * tensor_sum(features).to(embeds.dtype)
+        kwargs["inputs_embeds"] = embeds + 0.0 * tensor_sum(used_features(features)).to(embeds.dtype)
         return args, kwargs
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+# Fields of a vision output that the model does not merge into the text: summing them would add a backward
+# path the real batches lack (ZeRO-3 checks that every rank fetches the same modules in the same order).
+_UNUSED_FIELDS = ("last_hidden_state", "hidden_states", "attentions")
+
+
+def used_features(output):
+    """What the language model receives from ``get_image_features``: its output without the unused fields."""
+    if isinstance(output, dict):
+        return {k: v for k, v in output.items() if k not in _UNUSED_FIELDS}
+    return output
 
 
 def tensor_sum(value) -> torch.Tensor:

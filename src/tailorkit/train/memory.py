@@ -170,6 +170,7 @@ def shard(est: MemoryEstimate, setting: str, world: int, sp: int = 1) -> MemoryE
     weights, of which one block at a time is gathered whole. Offload moves optimizer states (and with
     zero3_offload the weights) to CPU memory. Sequence parallel splits each sequence's activations.
     """
+    available = est.available  # the device this estimate is for (a caller may have set it)
     est = est.single or est
     block = est.block
     stage = 0 if setting == "ddp" else int(setting[4])
@@ -187,7 +188,7 @@ def shard(est: MemoryEstimate, setting: str, world: int, sp: int = 1) -> MemoryE
             offloaded, weights = offloaded + est.weights, block
     return MemoryEstimate(total_params=est.total_params, trainable_params=est.trainable_params, weights=weights,
                           gradients=gradients, optimizer=optimizer, activations=est.activations // sp,
-                          available=est.available, device=est.device, setting=setting, world_size=world,
+                          available=available, device=est.device, setting=setting, world_size=world,
                           offloaded=offloaded, block=block, single=est)
 
 
