@@ -78,3 +78,10 @@ def check_distributed(cfg, world: int, resume) -> None:
             and not cfg.train.resume_only_model:
         raise ConfigError("--fsdp on CPU saves consolidated weights only (no sharded optimizer state), so it cannot "
                           "resume a run exactly; add --resume_only_model, or use --deepspeed zero3, which resumes")
+
+
+def shards_weights(dist: DistributedArgs) -> bool:
+    """True when the weights themselves are split between ranks (ZeRO-3, FSDP): a module's forward gathers them."""
+    from .deepspeed import zero_stage
+
+    return bool(dist.fsdp) or zero_stage(dist) == 3

@@ -78,11 +78,18 @@ def tensor_sum(value) -> torch.Tensor:
     return torch.stack([p.to(parts[0].device) for p in parts]).sum() if parts else torch.zeros(())
 
 
-def keep_collectives_in_step(model: torch.nn.Module, family: Family, world_size: int) -> MediaCollectives | None:
-    """Install the dummy vision pass where ranks could disagree: several processes and a family that has one."""
+def keep_collectives_in_step(model: torch.nn.Module, family: Family, world_size: int,
+                             sharded: bool) -> MediaCollectives | None:
+    """Install the dummy vision pass where ranks could disagree: several processes and a family that has one.
+
+    ``sharded``: the engine gathers weights per module (ZeRO-3, FSDP), where a family without a dummy pass
+    gets a warning (under DDP a rank without images only needs --ddp_find_unused_parameters true).
+    """
     if world_size < 2 or not family.is_multimodal:
         return None
     if family.dummy_image is None:
+        if not sharded:
+            return None
         print(f"[tailorkit] warning: the {family.name} family has no dummy vision pass: under ZeRO-3 / FSDP keep "
               "every rank's batches of the same kind (all with images or all text) or a step can hang")
         return None

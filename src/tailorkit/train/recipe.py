@@ -20,7 +20,7 @@ from accelerate import PartialState
 from ..config.train import SftConfig
 from ..data.dataset import EncodeReport, StreamingEncoded
 from ..data.validate import preflight_stream
-from ..distributed.engines import check_distributed, explain_collective_error
+from ..distributed.engines import check_distributed, explain_collective_error, shards_weights
 from ..distributed.fsdp import fsdp_by_hand, shard_on_cpu
 from ..distributed.launch import init_processes, start_line
 from ..distributed.media import keep_collectives_in_step
@@ -111,7 +111,8 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
     if cfg.data.packing or cfg.data.padding_free:
         train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
-    keep_collectives_in_step(model, bundle.family, world)  # text-only batches still run the vision tower
+    keep_collectives_in_step(model, bundle.family, world, sharded=shards_weights(cfg.dist))  # text-only batches
+    # still run the vision tower
     if fsdp_by_hand(cfg.dist, world):
         model = shard_on_cpu(model, cfg.dist)
     args = training_arguments(cfg, bool(val_set), ignore_data_skip=guards.hooks.restore_rng_at_first_batch)
