@@ -58,6 +58,9 @@ def main(spec_file: str) -> int:
             run.trainer.args.train_sampling_strategy = "sequential"
         result = fit(run)
         report = {"param_classes": record.param_classes, "world_size": run.trainer.args.world_size}
+        sp = getattr(run.algorithm, "sequence_parallel", None)
+        if sp is not None and sp.last is not None:
+            report["sequence_cuts"] = sp.last.cuts
         if item.get("probe") == "logits":
             report["logits"] = logits(result.model)
         if run.trainer.args.process_index == 0:

@@ -29,8 +29,11 @@ def train_args(model, data, out, train_type: str, per_device: int, *extra: str) 
             "--seed", "3", *extra]
 
 
-# name -> (model, train type, engine flags); every name is trained once distributed and compared with `reference`
+# name -> (model, train type, engine flags); every name is trained once distributed and compared with `reference`.
+# DDP, ZeRO and FSDP runs take batch 1 per rank; sequence-parallel (sp_) ranks share each batch of 2.
 CASES = {
+    "sp_full_text": ("text", "full", ("--sequence_parallel_size", "2")),
+    "sp_lora_vl": ("vl", "lora", ("--freeze_vit", "false", "--sequence_parallel_size", "2")),
     "ddp_lora_text": ("text", "lora", ()),
     "ddp_full_text": ("text", "full", ()),
     "ddp_lora_vl": ("vl", "lora", ("--freeze_vit", "false")),
@@ -49,7 +52,8 @@ def job(tiny_text_dir, tiny_vl_dir, tmp_path_factory):
     models = {"text": tiny_text_dir, "vl": tiny_vl_dir}
     data = {"text": write_jsonl(root / "text.jsonl", text_chat_rows(16)),
             "vl": write_split(root / "shapes", "train", 8, seed=4)}
-    runs = [{"name": name, "argv": train_args(models[m], data[m], root / name, tt, 1, *flags),
+    runs = [{"name": name, "argv": train_args(models[m], data[m], root / name, tt, 2 if name.startswith("sp_") else 1,
+                                              *flags),
              "probe": "logits" if name == "zero3_full_text" else None}
             for name, (m, tt, flags) in CASES.items()]
     proc = launch_runs(root, runs)
@@ -127,3 +131,13 @@ def test_one_start_line_from_rank_zero(job):
             "accumulation x 2 data-parallel ranks = 4 samples per optimizer step")
     assert output.count(line) == 2  # zero3_lora_text and zero3_full_text, once each: rank 1 prints nothing
     assert output.count("[tailorkit] sft on qwen2:") == sum(1 for m, _, _ in CASES.values() if m == "text")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sp_full_text", "sp_lora_vl"])
+def test_ulysses_sequence_parallel_on_two_ranks_equals_one_process(job, reference, name):
+    assert_same_as_single_process(job, reference, name)
+    cuts = run_report(job[0], name)["sequence_cuts"]  # the last batch really was split in two shards
+    assert len(cuts) == 3 and 0 < cuts[1] < cuts[2]
+    assert "engine ddp + ulysses sequence parallel 2, batch 2 per device x 2 accumulation x 1 data-parallel rank" \
+        in job[3]

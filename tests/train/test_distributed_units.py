@@ -149,3 +149,15 @@ def test_memory_estimate_shards_per_zero_stage_and_recommends_the_fastest_that_f
     assert recommend(one) is None and "nothing fits" in one.advice()
     one.available = int(shard(one, "zero3_offload", 4).total / 0.9) + 1
     assert "recommended: --deepspeed zero3_offload" in one.table()
+
+
+def test_sequence_cuts_never_split_a_media_span():
+    from tailorkit.distributed.ulysses import choose_cuts
+
+    ids = torch.tensor([[1, 2, 3, 9, 7, 7, 7, 7, 7, 7, 8, 4, 5, 6, 1, 2]])  # 9 <start>, 7 placeholders, 8 <end>
+    assert choose_cuts(ids, 2, set()) == [0, 8, 16]  # no media: the middle
+    cuts = choose_cuts(ids, 2, {7, 8, 9})
+    assert cuts in ([0, 3, 16], [0, 11, 16])  # before <start> or after <end>, never inside
+    three = choose_cuts(ids, 3, {7, 8, 9})
+    assert all(not (3 < c < 11) for c in three) and three == sorted(three) and len(three) == 4
+    assert choose_cuts(torch.full((1, 6), 7), 2, {7}) in ([0, 0, 6], [0, 6, 6])  # one span: one shard holds it

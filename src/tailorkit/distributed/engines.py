@@ -68,9 +68,12 @@ def explain_collective_error(error: BaseException) -> str | None:
     return None
 
 
-def check_distributed(cfg, world: int, resume) -> None:
-    """Settings that need the number of processes, checked before any weights load."""
+def check_distributed(cfg, kind: str, world: int, resume) -> None:
+    """Settings that need the number of processes (or the training kind), checked before any weights load."""
     d = cfg.dist
+    if d.sequence_parallel_size > 1 and kind not in ("sft", "pt"):
+        raise ConfigError(f"--sequence_parallel_size splits the sft/pt loss in this version, not {kind}'s; set it "
+                          "to 1")
     if d.sequence_parallel_size > 1 and world % d.sequence_parallel_size:
         raise ConfigError(f"sequence_parallel_size {d.sequence_parallel_size} does not divide the {world} "
                           "processes; launch a multiple of it (NPROC_PER_NODE) or change it")

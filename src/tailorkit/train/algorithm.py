@@ -15,6 +15,7 @@ import torch
 
 from ..tuners.plan import Plan
 from ..tuners.runtime import adapter_penalty
+from ..distributed.ulysses import SequenceParallel
 from .losses import sft_loss
 
 
@@ -46,14 +47,19 @@ class SftAlgorithm:
     the step's tokens are split into micro-batches, packs or processes (8x1 = 1x8 = packed = 2 GPUs x 4).
     """
 
-    def __init__(self, plan: Plan | None = None):
+    def __init__(self, plan: Plan | None = None, sequence_parallel: SequenceParallel | None = None):
         self.plan = plan  # the tuner plan: AdaLoRA's orthogonality penalty is added to the loss
+        self.sequence_parallel = sequence_parallel  # --sequence_parallel_size > 1: each rank's shard of the tokens
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        sp = self.sequence_parallel if model.training and num_items_in_batch is not None else None
+        if sp is not None:
+            labels = sp.split(inputs, labels, training=True)
         outputs = model(**inputs, use_cache=False)
-        loss = sft_loss(outputs.logits, labels, num_items_in_batch)
+        loss = sft_loss(outputs.logits, labels, num_items_in_batch) if sp is None else \
+            sp.loss(outputs.logits, labels, num_items_in_batch)
         if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
             loss = loss * trainer.accelerator.num_processes  # DDP averages gradients; the count is global
         penalty = adapter_penalty(trainer.model, self.plan)

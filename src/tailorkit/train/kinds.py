@@ -19,6 +19,7 @@ from ..data.collate import Collator
 from ..data.dataset import encode_all, load_conversations, load_text_samples
 from ..data.preference import (KtoCollator, PairCollator, encode_kto_all, encode_pair, encode_prompt_sample,
                                load_rows, parse_kto_row, parse_preference_row, parse_prompt_row, prompt_collate)
+from ..distributed.ulysses import SequenceParallel
 from ..errors import ConfigError, ModelError
 from ..models.load import ModelBundle, check_module_map, load_bundle, load_processor, resolve_dtype, resolve_family
 from ..tuners.plan import Plan
@@ -119,7 +120,8 @@ def unpadded(pad_token_id: int) -> Callable:
 # ---- algorithms: (cfg, bundle, plan, reference) -> the object whose compute_loss the Trainer calls -----------
 
 def sft_algorithm(cfg: SftConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> SftAlgorithm:
-    return SftAlgorithm(plan)
+    size = cfg.dist.sequence_parallel_size
+    return SftAlgorithm(plan, SequenceParallel(bundle.model, bundle.family, size) if size > 1 else None)
 
 
 def dpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> DpoAlgorithm:

@@ -86,7 +86,7 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     world = init_processes(cfg.dist).num_processes
     PartialState().wait_for_everyone()  # every rank checks before rank 0 writes into output_dir
     resume = resume_point(cfg, out)
-    check_distributed(cfg, world, resume)
+    check_distributed(cfg, kind, world, resume)
     check_batching(cfg)
     train_items, val_items = read_rows(cfg, spec)  # cheap checks on every row, before any weights load
     gen_eval = generation_eval(cfg)  # --eval_dataset: read and checked before weights too
@@ -119,6 +119,7 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=collator,
                       processing_class=bundle.processor, algorithm=algorithm, plan=plan, hooks=guards.hooks,
+                      sequence_parallel=cfg.dist.sequence_parallel_size,
                       callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *guards.callbacks,
                                  *gen_eval])
     _drop_printing_callbacks(trainer)

@@ -18,6 +18,7 @@ import transformers
 from ..config.train import SftConfig
 from ..distributed.engines import engine_arguments
 from ..distributed.fsdp import ShardedModule, full_state_dict, is_sharded
+from ..distributed.ulysses import RepeatedBatches, seeded_order
 from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import Plan
@@ -42,9 +43,10 @@ class Trainer(transformers.Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, algorithm: Algorithm, plan: Plan | None = None, hooks: TrainerHooks | None = None,
-                 **kwargs):
+                 sequence_parallel: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.algorithm = algorithm
+        self.sequence_parallel = sequence_parallel  # ranks that share each batch (Ulysses)
         self.tuner_plan = plan  # the plan tuners.adapters.apply_tuner applied to the model (None: no tuner)
         self.hooks = hooks or TrainerHooks()
         self._pending_rng = None
@@ -145,10 +147,17 @@ class Trainer(transformers.Trainer):
     def _get_train_sampler(self, train_dataset=None):
         # --group_by_length: the base class reads lengths from dict rows only; ours are Encoded objects
         # (and pairs, KTO samples, prompts), each with a len().
+        # --sequence_parallel_size k: the k ranks of a group must get the same batches.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
-            return length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
-        return super()._get_train_sampler(train_dataset)
+            sampler = length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        elif self.sequence_parallel > 1 and self.args.train_sampling_strategy == "random":
+            sampler = seeded_order(dataset, self.args.data_seed)
+        else:
+            sampler = super()._get_train_sampler(train_dataset)
+        if self.sequence_parallel > 1:
+            return RepeatedBatches(sampler, self._train_batch_size, self.sequence_parallel)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset):
         # As _get_train_sampler, for evaluation batches.
