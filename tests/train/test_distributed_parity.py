@@ -42,16 +42,35 @@ CASES = {
     "zero3_lora_text": ("text", "lora", ("--deepspeed", "zero3")),
     "zero3_full_text": ("text", "full", ("--deepspeed", "zero3")),
     "fsdp_full_text": ("text", "full", ("--fsdp", "full_shard")),
+    # every tuner trains under ZeRO-2 and ZeRO-3: mixed per-component plans, QLoRA, shipped adapters (dummy)
+    **{f"{z}_{name}": (m, tt, (*flags, "--deepspeed", z)) for z in ("zero2", "zero3") for name, (m, tt, flags) in {
+        "mixed_vl": ("vl", "lora", ("--vit", "full", "--llm", "lora")),
+        "qlora_text": ("text", "qlora", ("--quant_bits", "4")),
+        "dummy_phi4": ("phi4", "dummy", ("--max_length", "1024")),
+    }.items()},
 }
+ENGINE_FLAGS = ("--deepspeed", "--fsdp", "--sequence_parallel_size")
+
+
+def tuner_flags(flags: tuple) -> tuple:
+    """The flags of a case without its engine: what the one-process reference trains with."""
+    out, skip = [], False
+    for f in flags:
+        if skip or f in ENGINE_FLAGS:
+            skip = not skip
+            continue
+        out.append(f)
+    return tuple(out)
 
 
 @pytest.fixture(scope="module")
-def job(tiny_text_dir, tiny_vl_dir, tmp_path_factory):
+def job(tiny_text_dir, tiny_vl_dir, family_dirs, tmp_path_factory):
     """(root folder, models, datasets, torchrun's output) after the one distributed job."""
     root = tmp_path_factory.mktemp("parity")
-    models = {"text": tiny_text_dir, "vl": tiny_vl_dir}
+    models = {"text": tiny_text_dir, "vl": tiny_vl_dir, "phi4": family_dirs("phi4_multimodal")}
     data = {"text": write_jsonl(root / "text.jsonl", text_chat_rows(16)),
             "vl": write_split(root / "shapes", "train", 8, seed=4)}
+    data["phi4"] = data["vl"]
     runs = [{"name": name, "argv": train_args(models[m], data[m], root / name, tt, 2 if name.startswith("sp_") else 1,
                                               *flags),
              "probe": "logits" if name == "zero3_full_text" else None}
@@ -81,13 +100,17 @@ def reference(job):
 def assert_same_as_single_process(job, reference, name: str) -> None:
     root, models, _, _ = job
     model, train_type, flags = CASES[name]
-    extra = tuple(f for f in flags if f in ("--freeze_vit", "false"))
-    expected = reference(model, train_type, *extra)
+    expected = reference(model, train_type, *tuner_flags(flags))
     got = final_weights(root / name)
     assert max_diff(got, expected) <= TOLERANCE, (name, max_diff(got, expected))
     if train_type == "full":  # the comparison is not vacuous: training moved the weights
         base = load_file(models[model] / "model.safetensors")
         assert max_diff({k: expected[k] for k in base}, base) > 10 * TOLERANCE
+    if train_type == "dummy":
+        shipped = {k.removeprefix("base_model.model."): v for k, v in
+                   load_file(models[model] / "vision-lora" / "adapter_model.safetensors").items()}
+        trained = {k.split("/", 1)[1]: v for k, v in got.items() if k.startswith("vision-lora/")}
+        assert set(trained) == set(shipped) and any(not torch.equal(trained[k], shipped[k]) for k in shipped)
 
 
 @pytest.mark.slow
@@ -102,6 +125,12 @@ def test_deepspeed_zero2_and_zero3_equal_ddp(job, reference, name):
     assert_same_as_single_process(job, reference, name)
     assert max_diff(final_weights(job[0] / name), final_weights(job[0] / f"ddp_{name.split('_', 1)[1]}")) \
         <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in CASES if n.split("_", 1)[1] in ("mixed_vl", "qlora_text", "dummy_phi4")])
+def test_every_tuner_trains_under_zero2_and_zero3_as_in_one_process(job, reference, name):
+    assert_same_as_single_process(job, reference, name)
 
 
 @pytest.mark.slow
@@ -129,7 +158,7 @@ def test_one_start_line_from_rank_zero(job):
     output = job[3]
     line = ("[tailorkit] world size 2 (1 node), backend gloo, engine deepspeed zero3, batch 1 per device x 2 "
             "accumulation x 2 data-parallel ranks = 4 samples per optimizer step")
-    assert output.count(line) == 2  # zero3_lora_text and zero3_full_text, once each: rank 1 prints nothing
+    assert output.count(line) == sum(1 for _, _, flags in CASES.values() if "zero3" in flags)  # rank 0 only
     assert output.count("[tailorkit] sft on qwen2:") == sum(1 for m, _, _ in CASES.values() if m == "text")
 
 
