@@ -161,3 +161,16 @@ def test_sequence_cuts_never_split_a_media_span():
     three = choose_cuts(ids, 3, {7, 8, 9})
     assert all(not (3 < c < 11) for c in three) and three == sorted(three) and len(three) == 4
     assert choose_cuts(torch.full((1, 6), 7), 2, {7}) in ([0, 0, 6], [0, 6, 6])  # one span: one shard holds it
+
+
+def test_fsdp_settings_for_accelerate_on_gpus():
+    from tailorkit.distributed.engines import fsdp_settings
+
+    assert fsdp_settings(DistributedArgs(fsdp="full_shard")) == {
+        "version": 2, "reshard_after_forward": True, "cpu_offload": False, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}
+    grad_op = fsdp_settings(DistributedArgs(fsdp="shard_grad_op offload",
+                                            fsdp_config='{"transformer_layer_cls_to_wrap": ["Qwen2DecoderLayer"]}'))
+    assert grad_op["reshard_after_forward"] is False and grad_op["cpu_offload"] is True
+    assert grad_op["transformer_layer_cls_to_wrap"] == ["Qwen2DecoderLayer"]
+    with pytest.raises(ConfigError, match="FSDP2 only"):
+        fsdp_settings(DistributedArgs(fsdp="full_shard", fsdp_config='{"version": 1}'))
