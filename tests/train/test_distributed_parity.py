@@ -7,6 +7,8 @@ optimizer step trained in this process. Dropout is off (each rank draws its own 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -123,8 +125,12 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(job, reference
 @pytest.mark.parametrize("name", ["zero2_lora_text", "zero3_lora_text", "zero3_full_text"])
 def test_deepspeed_zero2_and_zero3_equal_ddp(job, reference, name):
     assert_same_as_single_process(job, reference, name)
-    assert max_diff(final_weights(job[0] / name), final_weights(job[0] / f"ddp_{name.split('_', 1)[1]}")) \
-        <= TOLERANCE
+    ddp = job[0] / f"ddp_{name.split('_', 1)[1]}"
+    assert max_diff(final_weights(job[0] / name), final_weights(ddp)) <= TOLERANCE
+    # trainable.json under ZeRO counts the gathered parameters, and maps each to its optimizer group's lr
+    zero, plain = (json.loads((d / "trainable.json").read_text()) for d in (job[0] / name, ddp))
+    assert zero["components"] == plain["components"] and zero["trainable"] == plain["trainable"] > 0
+    assert [g["parameters"] for g in zero["param_groups"]] == [g["parameters"] for g in plain["param_groups"]]
 
 
 @pytest.mark.slow

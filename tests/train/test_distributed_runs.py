@@ -57,10 +57,11 @@ def ckpt_args(model, data, out, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_zero3_killed_mid_step_resumes_to_bitwise_identical_weights(tiny_text_dir, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", text_chat_rows(16))
-    whole = launch_runs(tmp_path, [{"name": "whole", "argv": ckpt_args(tiny_text_dir, data, tmp_path / "whole")}])
-    assert whole.returncode == 0, (whole.stdout + whole.stderr)[-6000:]
-    killed = launch_runs(tmp_path, [{"name": "killed", "kill_at_step": 3,
+    # one launch: the uninterrupted run, then the same run SIGKILLed by every rank mid-step 3
+    killed = launch_runs(tmp_path, [{"name": "whole", "argv": ckpt_args(tiny_text_dir, data, tmp_path / "whole")},
+                                    {"name": "killed", "kill_at_step": 3,
                                      "argv": ckpt_args(tiny_text_dir, data, tmp_path / "run")}])
+    assert (tmp_path / "whole.json").is_file(), (killed.stdout + killed.stderr)[-6000:]
     assert killed.returncode != 0 and (tmp_path / "run" / "last").resolve().name == "checkpoint-2"
     assert not (tmp_path / "run" / "checkpoint-final").exists()
     ckpt = tmp_path / "run" / "checkpoint-2"

@@ -66,7 +66,8 @@ class DistributedArgs:
             return f"deepspeed {Path(self.deepspeed).name if self.deepspeed.endswith('.json') else self.deepspeed}"
         if self.fsdp:
             return f"fsdp2 {self.fsdp}"
-        return "ddp" if self.sequence_parallel_size == 1 else f"ddp + ulysses sequence parallel {self.sequence_parallel_size}"
+        sp = self.sequence_parallel_size
+        return "ddp" if sp == 1 else f"ddp + ulysses sequence parallel {sp}"
 
 
 def check_deepspeed(value: str) -> None:

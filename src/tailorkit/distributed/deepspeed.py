@@ -7,6 +7,10 @@ DeepSpeed optimizer, whose CPU build (``cpu_adam``) would be a C++ compile on fi
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 
 from ..config.distributed import DistributedArgs
@@ -43,9 +47,6 @@ def deepspeed_config(dist: DistributedArgs) -> dict | str | None:
 
 def zero_stage(dist: DistributedArgs) -> int:
     """The ZeRO stage of --deepspeed (a preset's, or the JSON file's), 0 without DeepSpeed."""
-    import json
-    from pathlib import Path
-
     if dist.deepspeed is None:
         return 0
     if dist.deepspeed in _STAGES:
@@ -77,8 +78,6 @@ def forget_earlier_runs() -> None:
     """Drop what an earlier DeepSpeed run in this process left behind (one Python session training twice): its
     config registered with transformers would make the next model load partitioned for ZeRO-3, and the flag
     accelerate sets in this process's environment would make the next run's state DeepSpeed's."""
-    import os
-
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()

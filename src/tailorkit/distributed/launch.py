@@ -108,7 +108,7 @@ def start_line(args, dist: DistributedArgs) -> str:
 
     world = args.world_size
     backend = torch_dist.get_backend() if torch_dist.is_available() and torch_dist.is_initialized() else "none"
-    nodes = int(os.environ.get("NNODES", os.environ.get("GROUP_WORLD_SIZE", "1")).split(":")[-1] or 1)
+    nodes = max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world) or world))  # torchrun sets it per node
     data_ranks = world // dist.sequence_parallel_size
     per_device = args.per_device_train_batch_size
     total = per_device * args.gradient_accumulation_steps * data_ranks

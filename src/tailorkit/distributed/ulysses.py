@@ -117,11 +117,11 @@ class SequenceParallel:
         self.llm.set_attn_implementation(ATTENTION)
         self.llm.register_forward_pre_hook(self._shard, with_kwargs=True)
 
-    def split(self, inputs: dict, labels: torch.Tensor, training: bool) -> torch.Tensor:
-        """Plan the cut of this batch and return this rank's labels, shifted (label of the next token)."""
-        if not training:
-            self.current = None
-            return labels
+    def split(self, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """Plan the cut of this training batch and return this rank's labels, shifted (label of the next token).
+
+        Evaluation batches are not split (they are dealt to ranks as in DDP): the hooks then pass through.
+        """
         cut = self.plan(inputs["input_ids"], inputs.get("attention_mask"), inputs.get("position_ids"))
         self.current = self.last = cut
         shifted = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE)], dim=1)
@@ -193,7 +193,8 @@ def _mask(index, valid, attention_mask, position_ids, shape) -> torch.Tensor:
         sample = torch.zeros(b, length, dtype=torch.long)
     q, k = index[:, None], index[None, :]
     allowed = (k <= q) & valid[None, :] & valid[:, None]
-    allowed = allowed[None] & real[:, index][:, None, :] & (sample[:, index][:, :, None] == sample[:, index][:, None, :])
+    same_sample = sample[:, index][:, :, None] == sample[:, index][:, None, :]
+    allowed = allowed[None] & real[:, index][:, None, :] & same_sample
     allowed |= torch.eye(len(index), dtype=torch.bool)[None]  # padding slots attend to themselves (no NaN rows)
     return allowed[:, None]
 

@@ -55,8 +55,10 @@ class SftAlgorithm:
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         sp = self.sequence_parallel if model.training and num_items_in_batch is not None else None
+        if self.sequence_parallel is not None:
+            self.sequence_parallel.current = None  # until split() plans this batch, the hooks pass through
         if sp is not None:
-            labels = sp.split(inputs, labels, training=True)
+            labels = sp.split(inputs, labels)
         outputs = model(**inputs, use_cache=False)
         loss = sft_loss(outputs.logits, labels, num_items_in_batch) if sp is None else \
             sp.loss(outputs.logits, labels, num_items_in_batch)
