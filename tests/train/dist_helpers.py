@@ -65,3 +65,16 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def run_report(root: Path, name: str) -> dict:
     return json.loads((root / f"{name}.json").read_text())
+
+
+def zero3_config(folder: Path) -> Path:
+    """A DeepSpeed ZeRO-3 JSON file that partitions every parameter: the preset keeps parameters under 100k
+    elements whole on every rank (DeepSpeed's persistence threshold), which is all of a tiny model's."""
+    path = Path(folder) / "ds_zero3.json"
+    path.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                              "stage3_gather_16bit_weights_on_model_save": True},
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+        "train_batch_size": "auto", "bf16": {"enabled": "auto"}, "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False}))
+    return path

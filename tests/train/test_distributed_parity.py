@@ -18,7 +18,7 @@ from tailorkit.cli import parse
 from tailorkit.demo.shapes import write_split
 from tailorkit.train.sft import sft
 
-from dist_helpers import TOLERANCE, final_weights, launch_runs, max_diff, run_report
+from dist_helpers import TOLERANCE, final_weights, launch_runs, max_diff, run_report, zero3_config
 from dist_child import PROBE_IDS
 from helpers import text_chat_rows, write_jsonl
 
@@ -31,6 +31,7 @@ def train_args(model, data, out, train_type: str, per_device: int, *extra: str) 
             "--seed", "3", *extra]
 
 
+ZERO3_JSON = "ds_zero3.json"  # a JSON config partitioning every parameter (written by the job fixture)
 # name -> (model, train type, engine flags); every name is trained once distributed and compared with `reference`.
 # DDP, ZeRO and FSDP runs take batch 1 per rank; sequence-parallel (sp_) ranks share each batch of 2.
 CASES = {
@@ -41,11 +42,13 @@ CASES = {
     "ddp_lora_vl": ("vl", "lora", ("--freeze_vit", "false")),
     "ddp_full_vl": ("vl", "full", ()),
     "zero2_lora_text": ("text", "lora", ("--deepspeed", "zero2")),
-    "zero3_lora_text": ("text", "lora", ("--deepspeed", "zero3")),
-    "zero3_full_text": ("text", "full", ("--deepspeed", "zero3")),
+    "zero2_full_text": ("text", "full", ("--deepspeed", "zero2")),
+    "zero3_lora_text": ("text", "lora", ("--deepspeed", "zero3")),  # the preset
+    "zero3_full_text": ("text", "full", ("--deepspeed", ZERO3_JSON)),
     "fsdp_full_text": ("text", "full", ("--fsdp", "full_shard")),
     # every tuner trains under ZeRO-2 and ZeRO-3: mixed per-component plans, QLoRA, shipped adapters (dummy)
-    **{f"{z}_{name}": (m, tt, (*flags, "--deepspeed", z)) for z in ("zero2", "zero3") for name, (m, tt, flags) in {
+    **{f"{z}_{name}": (m, tt, (*flags, "--deepspeed", ZERO3_JSON if z == "zero3" else z)) for z in ("zero2", "zero3")
+       for name, (m, tt, flags) in {
         "mixed_vl": ("vl", "lora", ("--vit", "full", "--llm", "lora")),
         "qlora_text": ("text", "qlora", ("--quant_bits", "4")),
         "dummy_phi4": ("phi4", "dummy", ("--max_length", "1024")),
@@ -73,8 +76,9 @@ def job(tiny_text_dir, tiny_vl_dir, family_dirs, tmp_path_factory):
     data = {"text": write_jsonl(root / "text.jsonl", text_chat_rows(16)),
             "vl": write_split(root / "shapes", "train", 8, seed=4)}
     data["phi4"] = data["vl"]
+    zero3 = str(zero3_config(root))
     runs = [{"name": name, "argv": train_args(models[m], data[m], root / name, tt, 2 if name.startswith("sp_") else 1,
-                                              *flags),
+                                              *(zero3 if f == ZERO3_JSON else f for f in flags)),
              "probe": "logits" if name == "zero3_full_text" else None}
             for name, (m, tt, flags) in CASES.items()]
     proc = launch_runs(root, runs)
@@ -122,7 +126,7 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(job, reference
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["zero2_lora_text", "zero3_lora_text", "zero3_full_text"])
+@pytest.mark.parametrize("name", ["zero2_lora_text", "zero2_full_text", "zero3_lora_text", "zero3_full_text"])
 def test_deepspeed_zero2_and_zero3_equal_ddp(job, reference, name):
     assert_same_as_single_process(job, reference, name)
     ddp = job[0] / f"ddp_{name.split('_', 1)[1]}"
@@ -165,6 +169,7 @@ def test_one_start_line_from_rank_zero(job):
     line = ("[tailorkit] world size 2 (1 node), backend gloo, engine deepspeed zero3, batch 1 per device x 2 "
             "accumulation x 2 data-parallel ranks = 4 samples per optimizer step")
     assert output.count(line) == sum(1 for _, _, flags in CASES.values() if "zero3" in flags)  # rank 0 only
+    assert output.count("engine deepspeed ds_zero3.json") == sum(1 for _, _, f in CASES.values() if ZERO3_JSON in f)
     assert output.count("[tailorkit] sft on qwen2:") == sum(1 for m, _, _ in CASES.values() if m == "text")
 
 

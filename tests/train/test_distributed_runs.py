@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 
 from tailorkit.demo.shapes import write_split
 
-from dist_helpers import child_env, final_weights, free_port, launch_runs, run_report, torchrun
+from dist_helpers import child_env, final_weights, free_port, launch_runs, torchrun, zero3_config
 from helpers import text_chat_rows, write_jsonl
 
 
@@ -50,7 +51,8 @@ def test_mixed_image_and_text_ranks_finish_and_train_the_vision_tower(tiny_vl_di
 
 def ckpt_args(model, data, out, *extra: str) -> list[str]:
     # 16 rows, 1 x 2 accumulation x 2 ranks: 4 steps per epoch; LoRA dropout draws from every rank's RNG
-    return base_args(model, data, out, "--train_type", "lora", "--lora_dropout", "0.1", "--deepspeed", "zero3",
+    return base_args(model, data, out, "--train_type", "lora", "--lora_dropout", "0.1",
+                     "--deepspeed", str(zero3_config(Path(data).parent)),
                      "--gradient_accumulation_steps", "2", "--max_steps", "4", "--save_steps", "2", *extra)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -82,3 +83,17 @@ def forget_earlier_runs() -> None:
 
     unset_hf_deepspeed_config()
     os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+
+
+@contextmanager
+def gathered(params: list[torch.nn.Parameter]):
+    """Under ZeRO-3, ``params`` whole on every rank while the block runs (a collective every rank enters);
+    elsewhere nothing happens."""
+    sharded = [p for p in params if hasattr(p, "ds_id")]
+    if not sharded:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(sharded, modifier_rank=None):
+        yield

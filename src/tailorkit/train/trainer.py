@@ -16,13 +16,14 @@ import torch
 import transformers
 
 from ..config.train import SftConfig
+from ..distributed.deepspeed import gathered
 from ..distributed.engines import engine_arguments
 from ..distributed.fsdp import ShardedModule, full_state_dict, is_sharded
 from ..distributed.ulysses import RepeatedBatches, seeded_order
 from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import Plan
-from ..tuners.runtime import plan_callbacks, save_plan_extras
+from ..tuners.runtime import extra_parameters, plan_callbacks, save_plan_extras
 from .algorithm import Algorithm
 from .checkpoint import CheckpointWriter
 
@@ -87,7 +88,10 @@ class Trainer(transformers.Trainer):
         """The base class's weights (full, adapter, or gathered from DeepSpeed/FSDP), plus what the plan adds."""
         out = output_dir or self.args.output_dir
         if self.sharded_by_hand:
-            self._save_gathered(out, full_state_dict(self.model))  # every rank gathers, rank 0 writes
+            state = full_state_dict(self.model)  # every rank gathers, rank 0 gets the weights and writes
+            self._save_gathered(out, state)
+            if self.tuner_plan is not None and self.args.should_save:
+                save_plan_extras(self.model, self.tuner_plan, out, state)
             return
         if self._several_shipped_adapters():
             # transformers saves one active adapter at the top level and refuses several; each shipped adapter
@@ -99,8 +103,10 @@ class Trainer(transformers.Trainer):
                 torch.save(self.args, os.path.join(out, transformers.trainer.TRAINING_ARGS_NAME))
         else:
             super().save_model(output_dir, _internal_call)
-        if self.tuner_plan is not None and self.args.should_save:
-            save_plan_extras(self.model, self.tuner_plan, out)
+        if self.tuner_plan is not None:
+            with gathered(extra_parameters(self.model, self.tuner_plan)):  # ZeRO-3: whole on every rank
+                if self.args.should_save:
+                    save_plan_extras(self.model, self.tuner_plan, out)
 
     def _save_gathered(self, out: str, state: dict) -> None:
         """Weights gathered whole from an FSDP2 model, saved as a plain HF / peft checkpoint by rank 0."""
