@@ -84,8 +84,6 @@ class GrpoArgs:
     reward_funcs: list[str] = arg([], "grpo: reward functions: accuracy, format, soft_overlong or names from "
                                   "--external_plugins")
     reward_weights: list[str] = arg([], "grpo: one weight per reward function (default all 1)")
-    external_plugins: list[str] = arg([], "grpo: Python files defining reward functions "
-                                      "f(completions, **columns) -> list[float]")
     epsilon: float = arg(0.2, "grpo: clipping range of the importance ratio")
     epsilon_high: float | None = arg(None, "grpo: upper clipping range (default: --epsilon)")
     importance_sampling_level: str = arg("token", "grpo: token (GRPO) or sequence (GSPO) importance ratio",

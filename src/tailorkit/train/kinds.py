@@ -21,6 +21,7 @@ from ..data.preference import (KtoCollator, PairCollator, encode_kto_all, encode
                                load_rows, parse_kto_row, parse_preference_row, parse_prompt_row, prompt_collate)
 from ..errors import ConfigError, ModelError
 from ..models.load import ModelBundle, check_module_map, load_bundle, load_processor, resolve_dtype, resolve_family
+from ..plugins import load_plugins
 from ..tuners.plan import Plan
 from ..tuners.quant import plan_load_kwargs
 from .algorithm import Algorithm, SftAlgorithm
@@ -94,16 +95,16 @@ def reference_policy(cfg: RlhfConfig, bundle: ModelBundle) -> ReferenceModel:
 
 # ---- rows ---------------------------------------------------------------------------------------------------
 
-def load_text_rows(specs: list[str], *, system: str | None, seed: int) -> list:
+def load_text_rows(specs: list[str], *, system: str | None, seed: int, preprocess=None) -> list:
     """Pre-training rows ({"text": ...}); a system prompt has no place in them."""
     if system is not None:
         raise ConfigError("--system applies to conversations; pt trains on raw text rows: remove it")
-    return load_text_samples(specs, seed=seed)
+    return load_text_samples(specs, seed=seed, preprocess=preprocess)
 
 
-def load_kto_rows(specs: list[str], *, system: str | None, seed: int) -> list:
+def load_kto_rows(specs: list[str], *, system: str | None, seed: int, preprocess=None) -> list:
     """KTO rows (a conversation and a boolean label), with a warning when all labels agree."""
-    items = load_rows(specs, parse_kto_row, system=system, seed=seed)
+    items = load_rows(specs, parse_kto_row, system=system, seed=seed, preprocess=preprocess)
     if len({s.label for s in items}) < 2:
         print(f"[tailorkit] warning: every KTO sample of {', '.join(specs)} has the same label; KTO learns from "
               "both kinds")
@@ -118,7 +119,8 @@ def unpadded(pad_token_id: int) -> Callable:
 # ---- algorithms: (cfg, bundle, plan, reference) -> the object whose compute_loss the Trainer calls -----------
 
 def sft_algorithm(cfg: SftConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> SftAlgorithm:
-    return SftAlgorithm(plan)
+    """Token cross-entropy, or the loss an --external_plugins file registers."""
+    return SftAlgorithm(plan, loss=load_plugins(cfg.model.external_plugins).loss)
 
 
 def dpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> DpoAlgorithm:
@@ -150,8 +152,9 @@ def reward_model_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan,
 
 def grpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> GrpoAlgorithm:
     g = cfg.grpo
-    rewards = build_rewards(g.reward_funcs, g.reward_weights, g.external_plugins, format_pattern=g.format_pattern,
-                            max_completion_length=g.max_completion_length, soft_cache_length=g.soft_cache_length)
+    rewards = build_rewards(g.reward_funcs, g.reward_weights, cfg.model.external_plugins,
+                            format_pattern=g.format_pattern, max_completion_length=g.max_completion_length,
+                            soft_cache_length=g.soft_cache_length)
     return GrpoAlgorithm(bundle.processor, rewards, num_generations=g.num_generations,
                          max_completion_length=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
                          top_k=g.top_k, beta=cfg.rlhf.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high,
@@ -167,7 +170,8 @@ class Kind:
     """One training kind, chosen by verb (sft, pt) or by --rlhf_type."""
 
     name: str
-    # (specs, *, system, seed) -> the parsed rows of the datasets, every row checked (before any weights load)
+    # (specs, *, system, seed, preprocess) -> the parsed rows of the datasets, every row checked (before any
+    # weights load); ``preprocess(row, source=, line=)`` rewrites each raw row first (plugin preprocessors)
     load: Callable[..., list]
     # (items, processor, *, max_length, truncation, desc) -> (encoded items, EncodeReport), through data/'s encoder
     encode: Callable[..., tuple]

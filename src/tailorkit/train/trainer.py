@@ -191,7 +191,8 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         **_checkpointing_arguments(TrainingArguments, t),
-        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
+        optim=t.optim, optim_args=t.optim_args, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
@@ -199,13 +200,14 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         eval_steps=eval_steps if has_eval else None, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed_config(t.deepspeed),
-        ddp_find_unused_parameters=False, save_only_model=False, ignore_data_skip=ignore_data_skip,
+        ddp_find_unused_parameters=False, save_only_model=t.save_only_model, ignore_data_skip=ignore_data_skip,
         prediction_loss_only=True,  # no algorithm returns logits for metrics: evaluation is the loss
         # accelerate would otherwise dispatch a streaming dataset's batches by slicing every tensor along dim 0,
         # which cuts media tensors (pixel_values rows are patches, not samples)
         accelerator_config={"dispatch_batches": False},
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         use_liger_kernel=t.use_liger_kernel,
+        **t.trainer_args,  # further TrainingArguments fields, checked by config/trainer_args.py
     )
 
 
