@@ -45,6 +45,9 @@ class Family:
     # pairs in priority order; a batch holding none of the keys runs with no adapter (tuners/modality.py).
     adapter_by_input: tuple[tuple[str, str], ...] = ()
     media: tuple[str, ...] = ("image",)  # media kinds the processor takes (multimodal families; tests use the first)
+    # Called with (model, processor) once loaded, when the model's remote code takes its inputs in another form
+    # than transformers' (MiniCPM-V's forward(data)): makes it take the collated batch as keyword tensors.
+    prepare_model: Callable[[nn.Module, object], None] | None = field(default=None, compare=False)
     support: str = "tiny random build: prompt = train prefix, supervised = replies, 1 sft step with an image"
 
     @property
