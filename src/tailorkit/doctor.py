@@ -56,7 +56,7 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
     m = cfg.model
     config = model_config(m)
     family = resolve_family(config, m.model_type, m.trust_remote_code)
-    processor = load_processor(m.model, m.trust_remote_code, chat_template_for(m, family))
+    processor = load_processor(m.model, m.trust_remote_code, chat_template_for(m, family), family)
     budget = apply_media_budget(processor, m)
     apply_agent_template(processor, m.agent_template)
     data = check_data(cfg.data.dataset + cfg.data.val_dataset, processor, max_length=cfg.data.max_length,

@@ -34,12 +34,14 @@ def resolve_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_processor(path: str, trust_remote_code: bool = False, chat_template: str | None = None):
+def load_processor(path: str, trust_remote_code: bool = False, chat_template: str | None = None,
+                   family: Family | None = None):
     """The model's own processor (or tokenizer); it must carry a chat template.
 
     ``chat_template`` is a family's template patch: it replaces the native template (and is saved with
     every checkpoint, since the processor is). A text model whose tokenizer_config.json names a processor
     class the folder does not ship (common in community fine-tunes of vision models) gets its tokenizer.
+    A ``family`` whose model ships no processor builds one around what loads (``Family.wrap_processor``).
     """
     from transformers import AutoProcessor
 
@@ -47,6 +49,8 @@ def load_processor(path: str, trust_remote_code: bool = False, chat_template: st
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         processor = _tokenizer_of_text_model(path, trust_remote_code, e)
+    if family is not None and family.wrap_processor is not None:
+        processor = family.wrap_processor(processor)
     tok = getattr(processor, "tokenizer", processor)
     if chat_template is not None:
         processor.chat_template = chat_template
@@ -117,7 +121,7 @@ def load_family_processor(path: str, args: ModelArgs) -> tuple[object, Family]:
     family (of ``args.model``, or of ``path`` when no model is named) has one; and that family."""
     config = model_config(args, args.model or path)
     family = resolve_family(config, args.model_type, args.trust_remote_code)
-    return load_processor(path, args.trust_remote_code, chat_template_for(args, family)), family
+    return load_processor(path, args.trust_remote_code, chat_template_for(args, family), family), family
 
 
 def chat_template_for(args: ModelArgs, family: Family | None) -> str | None:
@@ -259,7 +263,7 @@ def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
         raise ModelError(f"{path} is a {family.name} model, which exists only as remote code; pass "
                          "--trust_remote_code true after reading the model's code")
     check_identity(args, config, family)
-    processor = load_processor(path, args.trust_remote_code, chat_template_for(args, family))
+    processor = load_processor(path, args.trust_remote_code, chat_template_for(args, family), family)
     apply_media_budget(processor, args)
     apply_agent_template(processor, args.agent_template)
     auto_name = family.auto_class if family is not None else auto_class_for(config)
