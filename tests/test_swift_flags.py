@@ -137,7 +137,8 @@ def test_trainer_args_pass_through_validated(tmp_path):
     for argv, message in ((["--remove_unused_columns", "true"], "tailorkit sets it itself"),
                           (["--logging_strategy", "sometimes"], "transformers refuses them"),
                           (["--trainer_args", '{"learning_rate": 1}'], "give them as --learning_rate"),
-                          (["--optim", "adamw_tpyo"], "not a transformers optimizer")):
+                          (["--optim", "adamw_tpyo"], "not a transformers optimizer"),
+                          (["--lr_scheduler_type", "cosine_wiggle"], "not a transformers schedule")):
         with pytest.raises(ConfigError, match=message):
             parse("sft", ["--model", "m", "--dataset", "d", *argv])
 

@@ -203,8 +203,8 @@ class TrainArgs:
     lr_scheduler_type: str = arg("cosine", "learning-rate schedule (transformers names: cosine, linear, constant...)")
     warmup_ratio: float = arg(0.0, "fraction of steps spent warming the learning rate up")
     warmup_steps: int = arg(0, "optimizer steps spent warming the learning rate up (instead of --warmup_ratio)")
-    optim: str = arg("adamw_torch", "optimizer, by transformers' name: adamw_torch, adamw_torch_fused, adafactor, "
-                     "sgd, adamw_8bit (bitsandbytes) ...")
+    optim: str | None = arg(None, "optimizer, by transformers' name: adamw_torch, adamw_torch_fused, adafactor, "
+                            "sgd, adamw_8bit (bitsandbytes) ... (default: transformers', adamw_torch_fused)")
     optim_args: str | None = arg(None, "extra optimizer arguments as transformers takes them ('key=value,...')")
     weight_decay: float = arg(0.1, "AdamW weight decay")
     max_grad_norm: float = arg(1.0, "gradient clipping norm")

@@ -117,7 +117,7 @@ def _validate(values: dict) -> None:
 
 def check_trainer_names(train) -> None:
     """--optim and --lr_scheduler_type are names transformers knows (checked only when not the default)."""
-    if train.optim != "adamw_torch":
+    if train.optim is not None:
         from transformers.training_args import OptimizerNames
 
         names = [o.value for o in OptimizerNames]

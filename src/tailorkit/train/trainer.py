@@ -192,7 +192,7 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         **_checkpointing_arguments(TrainingArguments, t),
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
-        optim=t.optim, optim_args=t.optim_args, weight_decay=t.weight_decay,
+        **({"optim": t.optim} if t.optim else {}), optim_args=t.optim_args, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
