@@ -37,7 +37,8 @@ def _verbs() -> dict[str, Verb]:
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),
         "pt": Verb("continued pre-training on raw text (loss on every token)", SftConfig, pt),
-        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), grpo",
+        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), ppo, gkd "
+                     "(distillation), grpo (and DAPO, RLOO, REINFORCE++, multi-turn)",
                      RlhfConfig, rlhf),
         "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", DemoConfig,
                      demo),

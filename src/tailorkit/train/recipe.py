@@ -91,7 +91,7 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     set_seed(cfg.train.seed)
     bundle = spec.load_model(cfg)
     reference = spec.reference(cfg, bundle)  # before the tuner: a frozen copy is of the untouched model
-    model, plan = apply_tuner(bundle, spec.tuner(cfg))
+    model, plan = apply_tuner(bundle, spec.tuner(cfg, bundle))
     prepare_precision(cfg, model)  # fp32 master copies of trained weights under bf16/fp16
     trainable, total = count_parameters(model)
     print(f"[tailorkit] {kind} on {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
@@ -99,7 +99,7 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
 
     train_set, val_set, report = encode_rows(cfg, spec, bundle.processor, train_items, val_items,
                                              preprocess=plugins.preprocess)
-    collator = spec.collator(bundle.tokenizer.pad_token_id)
+    collator = spec.collator(bundle.tokenizer.pad_token_id, cfg)
     reference.precompute([train_set, val_set], collator, model)  # before the fingerprint: it covers them
     algorithm = spec.algorithm(cfg, bundle, plan, reference)
 

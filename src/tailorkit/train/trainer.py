@@ -8,6 +8,7 @@ our config meets ``transformers.TrainingArguments``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch
 import transformers
 
 from ..config.train import SftConfig
+from ..errors import ConfigError
 from ..models.load import resolve_dtype
 from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
@@ -47,6 +49,7 @@ class Trainer(transformers.Trainer):
         self.tuner_plan = plan  # the plan tuners.adapters.apply_tuner applied to the model (None: no tuner)
         self.hooks = hooks or TrainerHooks()
         self._pending_rng = None
+        self._ready_twice: ReadyTwiceGuard | None = None
         # Make the base class count supervised tokens over the whole accumulation window (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
@@ -104,10 +107,28 @@ class Trainer(transformers.Trainer):
         if self._pending_rng is not None:
             checkpoint, self._pending_rng = self._pending_rng, None
             super()._load_rng_state(checkpoint)
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._ready_twice is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            self._ready_twice = ReadyTwiceGuard(model.module)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except RuntimeError as e:
+            if DDP_READY_TWICE in str(e):
+                raise ConfigError(DDP_READY_TWICE_FIX) from e
+            raise
+        if self._ready_twice is not None:
+            self._ready_twice.check()
         for hook in self.hooks.after_batch:
             hook(inputs, loss)
         return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation loss of every kind: the base class computes a loss only for batches with ``labels``, and
+        grpo's and ppo's prompt batches have none (their algorithm samples, scores and logs eval_reward)."""
+        if "labels" in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
     def load_weights_only(self, checkpoint: str) -> None:
         """--resume_only_model: the checkpoint's weights (full or adapter), without its optimizer, schedule or step.
@@ -124,8 +145,14 @@ class Trainer(transformers.Trainer):
         # (and pairs, KTO samples, prompts), each with a len().
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
-            return length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
-        return super()._get_train_sampler(train_dataset)
+            sampler = length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        else:
+            sampler = super()._get_train_sampler(train_dataset)
+        reuse = getattr(self.algorithm, "rollout_reuse", 1)  # grpo --num_iterations, ppo --num_ppo_epochs
+        if reuse > 1 and sampler is not None:
+            step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            sampler = RepeatSteps(sampler, step, reuse)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset):
         # As _get_train_sampler, for evaluation batches.
@@ -166,6 +193,65 @@ class Trainer(transformers.Trainer):
                        barrier=self.accelerator.wait_for_everyone)
         if self.args.should_save:
             writer.rotate(best=self.state.best_model_checkpoint)
+
+
+DDP_READY_TWICE = "mark a variable ready only once"
+DDP_READY_TWICE_FIX = (
+    "DDP saw a parameter's gradient twice in one backward pass ('Expected to mark a variable ready only once'). "
+    "Reentrant gradient checkpointing runs a separate backward per checkpointed forward, so two forward passes "
+    "over the same parameters before one backward (chosen and rejected run separately) mark them ready twice. "
+    "Fix: use non-reentrant checkpointing (--gradient_checkpointing_kwargs '{\"use_reentrant\": false}', the "
+    "default) or run chosen and rejected in one forward pass (--concatenated_forward true, the default)")
+
+
+class ReadyTwiceGuard:
+    """Under DDP, counts each trainable parameter's gradient accumulations per backward pass.
+
+    More than one means separate backward passes reached the parameter (reentrant checkpointing of two
+    forward passes): DDP either raises 'mark a variable ready only once' or, when every bucket was already
+    reduced after the first one, silently leaves the second contribution un-synchronised, so the processes'
+    weights drift apart. Both end here with the same error.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.counts: dict[str, int] = {}
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(functools.partial(self._count, name))
+
+    def _count(self, name: str, _param) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def check(self) -> None:
+        """After a micro-batch's backward: raise if any parameter's gradient arrived twice, then start over."""
+        twice = sorted(n for n, c in self.counts.items() if c > 1)
+        self.counts.clear()
+        if twice:
+            raise ConfigError(f"{DDP_READY_TWICE_FIX} [{len(twice)} parameters, e.g. {twice[0]}]")
+
+
+class RepeatSteps(torch.utils.data.Sampler):
+    """Each optimizer step's indices (``step`` of them, all processes together) yielded ``times`` times in a row,
+    so a rollout made at the first repetition trains the following ones on the same prompts."""
+
+    def __init__(self, sampler, step: int, times: int):
+        self.sampler, self.step, self.times = sampler, step, times
+
+    def __iter__(self):
+        chunk = []
+        for index in self.sampler:
+            chunk.append(index)
+            if len(chunk) == self.step:
+                yield from chunk * self.times
+                chunk = []
+        yield from chunk * self.times
+
+    def __len__(self) -> int:
+        return len(self.sampler) * self.times
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 def length_grouped(dataset: list, batch_size: int):
