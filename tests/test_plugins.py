@@ -138,6 +138,15 @@ def test_plugin_loss_is_refused_for_rlhf(tiny_text_dir, tmp_path, plugin_file):
         run_plugins(_cfg(tiny_text_dir, tmp_path, plugin_file), "dpo")
 
 
+def test_plugin_loss_is_refused_with_sequence_parallel(tiny_text_dir, tmp_path, plugin_file):
+    from tailorkit.train.recipe import run_plugins
+
+    cfg = _cfg(tiny_text_dir, tmp_path, plugin_file)
+    cfg.dist.sequence_parallel_size = 2  # Ulysses computes each rank's share of the loss itself
+    with pytest.raises(ConfigError, match="needs the full logits; --sequence_parallel_size computes"):
+        run_plugins(cfg, "sft")
+
+
 def test_plugin_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def register(plugin):\n    plugin.template('x', 'no template here')\n")

@@ -39,7 +39,8 @@ def test_help_lists_the_ms_swift_spellings(capsys):
     for spelling in ("-c FILE (= --config)", "--tuner_type (= --train_type)",
                      "--custom_register_path (= --external_plugins)", "--attn_impl flash_attn (= flash_attention_2)",
                      "--model_type multimodal|text (= --model_category)", "--fp16/--bf16 true",
-                     "TrainingArguments field", "pretrained_model_path with model: NAME (= --model_alias)"):
+                     "TrainingArguments field", "pretrained_model_path with model: NAME (= --model_alias)",
+                     "parallel_config: {zero_stage: N} (= --deepspeed zeroN)", "NPROC_PER_NODE=N"):
         assert spelling in text, spelling
 
 

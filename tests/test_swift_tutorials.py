@@ -1,11 +1,15 @@
 """The ms-swift tutorials' own YAML and commands (/work/shared/tutorials.md), `swift` replaced by `tailorkit`, on
 tiny models of the right family on CPU: the MiniCPM-V-4 YAML workflow and Phi-4-multimodal's single-process
-`--train_type dummy` command. Its multi-process and DeepSpeed commands are in test_swift_tutorials_distributed.py.
+`--train_type dummy` command. Its NPROC_PER_NODE=2 command is tested in train/test_distributed_runs.py, its DeepSpeed one in
+train/test_swift_tutorials_distributed.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -70,8 +74,9 @@ def _yaml(folder, model_dir, *edits: tuple[str, str], extra: str = "") -> str:
     return str(path)
 
 
-ON_CPU = (("fp16: true", "fp16: false"), ("tensor_parallel_size: 2", "tensor_parallel_size: 1"),
-          ("zero_stage: 3", "zero_stage: 0"))
+# What this CPU cannot do: fp16 (needs CUDA) and tensor parallelism; zero_stage: 3 stays (DeepSpeed ZeRO-3 runs
+# on CPU as a world of one process).
+ON_CPU = (("fp16: true", "fp16: false"), ("tensor_parallel_size: 2", "tensor_parallel_size: 1"))
 
 
 def _refusal(capsys, argv) -> str:
@@ -108,25 +113,33 @@ def test_minicpmv_yaml_keys_map_to_settings(minicpmv_workdir):
     assert cfg.data.packing and cfg.data.packing_length == 2048
     assert cfg.data.dataset == ["./data/multimodal_finetune.jsonl"]
     assert (cfg.train.optim, cfg.train.save_strategy, cfg.train.num_train_epochs) == ("adamw_torch", "epoch", 3)
-    assert cfg.model.torch_dtype == "auto" and cfg.train.deepspeed is None
+    assert cfg.model.torch_dtype == "auto" and cfg.dist.deepspeed == "zero3"  # parallel_config.zero_stage: 3
 
 
 @pytest.mark.slow
-def test_minicpmv_yaml_trains_packed_qlora_on_the_tiny_model(minicpmv_workdir, capsys):
+def test_minicpmv_yaml_trains_packed_qlora_under_zero3_on_the_tiny_model(minicpmv_workdir):
     folder, model_dir = minicpmv_workdir
-    assert main(["sft", "-c", _yaml(folder, model_dir, *ON_CPU, extra="trust_remote_code: true\n")]) == 0
-    out = capsys.readouterr().out
+    config = _yaml(folder, model_dir, *ON_CPU, extra="trust_remote_code: true\n")
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    done = subprocess.run([sys.executable, "-m", "tailorkit", "sft", "-c", config], capture_output=True, text=True,
+                          cwd=folder, timeout=600, env={**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    out = done.stdout
     assert "model MiniCPM-V-4 (family minicpmv)" in out
     assert "packed 3 samples into 1 rows" in out and "attention tailorkit_packed_sdpa" in out
+    assert "engine deepspeed zero3" in out  # parallel_config.zero_stage: 3
     output = folder / "output"  # the YAML names no output_dir: the default, in the working folder
     saved = yaml.safe_load((output / "args.yaml").read_text())
     assert saved["train_type"] == "qlora" and saved["packing"] and saved["model_alias"] == "MiniCPM-V-4"
+    assert saved["deepspeed"] == "zero3"
     epochs = sorted(p.name for p in output.glob("checkpoint-[0-9]*"))
     assert epochs == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]  # save_strategy epoch, 3 epochs of 1 step
     from safetensors.torch import load_file
 
     first, last = (load_file(output / c / "adapter_model.safetensors") for c in ("checkpoint-1", "checkpoint-final"))
     assert first.keys() == last.keys() and all(".llm.model." in k for k in first)  # LoRA on the inner LLM only
+    assert all(t.shape[0] == 64 or t.shape[1] == 64 for t in last.values())  # gathered whole, rank 64
     assert any((first[k] - last[k]).abs().max() > 0 for k in first if "lora_B" in k)
 
 

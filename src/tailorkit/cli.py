@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .config.fields import concern_fields
 from .config.loading import aliases, base_type, build_config, read_yaml, suggest
+from .distributed.launch import relaunch
 from .errors import TailorkitError
 
 
@@ -98,7 +99,9 @@ def swift_spellings(config_cls) -> str:
         pairs += ["--tensor_parallel_size/--pipeline_parallel_size 1 (more is refused with what to use instead)",
                   "any other transformers TrainingArguments field, e.g. --adam_beta2 0.95 (= --trainer_args)",
                   "YAML: pretrained_model_path with model: NAME (= --model_alias), training_args:, "
-                  "dataset: {type, path, pack_length}, parallel_config: {zero_stage}"]
+                  "dataset: {type, path, pack_length}, parallel_config: {zero_stage: N} (= --deepspeed zeroN)"]
+    if "deepspeed" in known:
+        pairs.append("NPROC_PER_NODE=N before the command (relaunches under torchrun, N processes)")
     return "ms-swift spellings accepted: -c FILE (= --config), " + ", ".join(pairs)
 
 
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = parse(verb, rest, verbs[verb])
+        relaunch(argv)  # NPROC_PER_NODE=N: the same command under torchrun (after the settings checked out)
         verbs[verb].run(cfg)
     except TailorkitError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ from ..data.dataset import encode_all, load_conversations, load_text_samples
 from ..data.distill import DistillCollator, encode_distill
 from ..data.preference import (KtoCollator, PairCollator, encode_kto_all, encode_pair, encode_prompt_sample,
                                load_rows, parse_kto_row, parse_preference_row, parse_prompt_row, prompt_collate)
+from ..distributed.ulysses import SequenceParallel
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..models.value_head import HEAD, add_value_head, lm_head_prefixes, load_reward_model, trained_head
@@ -156,7 +157,9 @@ def unpadded(pad_token_id: int, cfg: SftConfig) -> Callable:
 
 def sft_algorithm(cfg: SftConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> SftAlgorithm:
     """Token cross-entropy, or the loss an --external_plugins file registers."""
-    return SftAlgorithm(plan, loss=load_plugins(cfg.model.external_plugins).loss)
+    loss = load_plugins(cfg.model.external_plugins).loss  # run_plugins refused what cannot take it
+    size = cfg.dist.sequence_parallel_size
+    return SftAlgorithm(plan, SequenceParallel(bundle.model, bundle.family, size) if size > 1 else None, loss=loss)
 
 
 def dpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> DpoAlgorithm:

@@ -20,6 +20,10 @@ from accelerate import PartialState
 from ..config.train import SftConfig
 from ..data.dataset import EncodeReport, StreamingEncoded
 from ..data.validate import preflight_stream
+from ..distributed.engines import check_distributed, explain_collective_error, shards_weights
+from ..distributed.fsdp import fsdp_by_hand, shard_on_cpu
+from ..distributed.launch import init_processes, start_line
+from ..distributed.media import keep_collectives_in_step
 from ..errors import ConfigError, TrainingStopped
 from ..models.load import ModelBundle
 from ..plugins import Plugins, load_plugins
@@ -82,8 +86,10 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     out = Path(cfg.train.output_dir)
     check_output_dir(out, cfg)
     plugins = run_plugins(cfg, kind)
-    PartialState().wait_for_everyone()  # under torchrun: every rank checks before rank 0 writes into output_dir
+    world = init_processes(cfg.dist).num_processes
+    PartialState().wait_for_everyone()  # every rank checks before rank 0 writes into output_dir
     resume = resume_point(cfg, out)
+    check_distributed(cfg, kind, world, resume)
     check_batching(cfg)
     train_items, val_items = read_rows(cfg, spec, plugins.preprocess)  # every row checked, before any weights
     gen_eval = generation_eval(cfg)  # --eval_dataset: read and checked before weights too
@@ -110,14 +116,19 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
     if cfg.data.packing or cfg.data.padding_free:
         train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
+    keep_collectives_in_step(model, bundle.family, world, sharded=shards_weights(cfg.dist))  # text-only batches
+    # still run the vision tower
+    if fsdp_by_hand(cfg.dist, world):
+        model = shard_on_cpu(model, cfg.dist)
     args = training_arguments(cfg, bool(val_set), ignore_data_skip=guards.hooks.restore_rng_at_first_batch)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=collator,
                       processing_class=bundle.processor, algorithm=algorithm, plan=plan, hooks=guards.hooks,
+                      sequence_parallel=cfg.dist.sequence_parallel_size,
                       callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *plugins.callbacks,
                                  *guards.callbacks, *gen_eval])
     _drop_printing_callbacks(trainer)
-    print(f"[tailorkit] world size {trainer.args.world_size}")
+    print(start_line(trainer.args, cfg.dist))
     return Run(cfg=cfg, kind=spec, output_dir=out, bundle=bundle, model=model, plan=plan, train_set=train_set,
                val_set=val_set, report=report, algorithm=algorithm, guards=guards, trainer=trainer,
                trainable_params=trainable, total_params=total)
@@ -158,6 +169,11 @@ def run_plugins(cfg: SftConfig, kind: str) -> Plugins:
     if plugins.loss is not None and kind not in ("sft", "pt"):
         raise ConfigError(f"an --external_plugins file registers a loss, which replaces the sft/pt token loss; "
                           f"rlhf_type {kind} has its own (see --loss_type); drop the plugin's loss for this run")
+    fused = [flag for flag, on in (("--sequence_parallel_size", cfg.dist.sequence_parallel_size > 1),
+                                   ("--use_liger_kernel", cfg.train.use_liger_kernel)) if on]
+    if plugins.loss is not None and fused:
+        raise ConfigError(f"an --external_plugins file registers a loss, which needs the full logits; {fused[0]} "
+                          "computes the loss without them: drop one of the two")
     return plugins
 
 
@@ -255,6 +271,9 @@ def _train(run: Run) -> tuple[Path | None, RunSummary]:
     except Exception as e:
         guards.stopper.restore()
         _summarize(run, f"failed: {type(e).__name__}", None)
+        hint = explain_collective_error(e)
+        if hint is not None:
+            raise ConfigError(f"{e}\n{hint}") from e
         raise
     state = trainer.state
     stopped = None
