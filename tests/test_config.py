@@ -52,7 +52,8 @@ training_args: {per_device_train_batch_size: 2, gradient_accumulation_steps: 8, 
 parallel_config: {tensor_parallel_size: 1, pipeline_parallel_size: 1, zero_stage: 0}
 """)
     cfg = parse("sft", [path])
-    assert cfg.model.model == "/path/to/checkpoint" and cfg.model.model_type == "Qwen2.5-VL"
+    assert cfg.model.model == "/path/to/checkpoint" and cfg.model.model_alias == "Qwen2.5-VL"
+    assert cfg.model.model_type is None  # the family comes from the checkpoint; the name is checked against it
     assert cfg.tuner.lora_rank == 64 and cfg.data.dataset == ["./data/train.jsonl"]
     assert cfg.train.per_device_train_batch_size == 2 and cfg.train.gradient_accumulation_steps == 8
     assert cfg.train.learning_rate == pytest.approx(2e-5) and cfg.train.num_train_epochs == 3

@@ -61,9 +61,10 @@ def _verbs() -> dict[str, Verb]:
 def build_parser(verb: str, spec: Verb) -> argparse.ArgumentParser:
     """A parser listing every argument of the verb's config with a one-line help."""
     p = argparse.ArgumentParser(prog=f"tailorkit {verb}", description=spec.help, allow_abbrev=False,
-                                argument_default=argparse.SUPPRESS)
+                                argument_default=argparse.SUPPRESS, epilog=swift_spellings(spec.config_cls))
     p.add_argument("config_file", nargs="?", help="YAML file of settings (flags given here override it)")
-    p.add_argument("--config", dest="config_flag", help="YAML file of settings (same as the positional form)")
+    p.add_argument("-c", "--config", dest="config_flag", help="YAML file of settings (same as the positional "
+                   "form; -c is ms-swift's spelling)")
     alias_of = {}
     for alias, name in aliases(spec.config_cls).items():
         alias_of.setdefault(name, []).append(alias)
@@ -84,28 +85,87 @@ def build_parser(verb: str, spec: Verb) -> argparse.ArgumentParser:
     return p
 
 
+def swift_spellings(config_cls) -> str:
+    """The --help epilog: which ms-swift flags and values this verb accepts under another name."""
+    known = concern_fields(config_cls)
+    pairs = [f"--{alias} (= --{name})" for alias, name in sorted(aliases(config_cls).items())]
+    if "attn_impl" in known:
+        pairs.append("--attn_impl flash_attn (= flash_attention_2)")
+    if "model_category" in known:
+        pairs.append("--model_type multimodal|text (= --model_category)")
+    if "torch_dtype" in known:
+        pairs.append("--fp16/--bf16 true (= --torch_dtype float16/bfloat16)")
+    if "trainer_args" in known:
+        pairs += ["--tensor_parallel_size/--pipeline_parallel_size 1 (more is refused with what to use instead)",
+                  "any other transformers TrainingArguments field, e.g. --adam_beta2 0.95 (= --trainer_args)",
+                  "YAML: pretrained_model_path with model: NAME (= --model_alias), training_args:, "
+                  "dataset: {type, path, pack_length}, parallel_config: {zero_stage: N} (= --deepspeed zeroN)"]
+    if "deepspeed" in known:
+        pairs.append("NPROC_PER_NODE=N before the command (relaunches under torchrun, N processes)")
+    return "ms-swift spellings accepted: -c FILE (= --config), " + ", ".join(pairs)
+
+
+def split_flags(argv: list[str], config_cls) -> tuple[list[str], dict[str, str]]:
+    """(arguments for the parser, {name: value} of the flags it does not define).
+
+    The parser's optional positional YAML file would otherwise swallow the value of an unknown flag.
+    """
+    known = {"-h", "--help", "-c", "--config"} | {f"--{n}" for n in concern_fields(config_cls)} | {
+        f"--{a}" for a in aliases(config_cls)}
+    rest, unknown, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, value = arg.partition("=")
+        if not arg.startswith("--") or flag in known:
+            rest.append(arg)
+        else:
+            if not eq:
+                has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+                value = argv[i + 1] if has_value else "true"
+                i += has_value
+            unknown[flag[2:]] = value
+        i += 1
+    return rest, unknown
+
+
+def passthrough_flags(unknown: dict[str, str], config_cls, verb: str) -> dict:
+    """The flags the parser does not define that build_config translates (fp16, a TrainingArguments field ...);
+    anything else is an unknown argument, with a suggestion."""
+    from .config.loading import PARALLEL_SIZES
+    from .config.trainer_args import is_training_argument
+
+    known = concern_fields(config_cls)
+    for name in unknown:
+        if not (name in PARALLEL_SIZES or name in ("fp16", "bf16")
+                or ("trainer_args" in known and is_training_argument(name))):
+            raise TailorkitError(f"tailorkit {verb}: unknown argument '--{name}'{suggest(name, known)}")
+    return unknown
+
+
 def parse(verb: str, argv: list[str], spec: Verb | None = None):
     """Parse ``argv`` for ``verb`` into its typed config: YAML file first, then flags."""
     spec = spec or _verbs()[verb]
     parser = build_parser(verb, spec)
+    argv, unknown = split_flags(argv, spec.config_cls)
     ns, extra = parser.parse_known_args(argv)
     if extra:
-        known = concern_fields(spec.config_cls)
-        bad = next((x for x in extra if x.startswith("--")), extra[0])
-        name = bad.lstrip("-").split("=")[0]
-        raise TailorkitError(f"tailorkit {verb}: unknown argument {bad!r}{suggest(name, known)}")
-    values = vars(ns)
+        raise TailorkitError(f"tailorkit {verb}: unexpected argument {extra[0]!r}")
+    values = {**vars(ns), **passthrough_flags(unknown, spec.config_cls, verb)}
     files = [values.pop("config_file", None), values.pop("config_flag", None)]
     merged: dict = {}
+    origins: dict[str, str] = {}
     for path in filter(None, files):
-        merged.update(read_yaml(path))
+        from_file = read_yaml(path)
+        merged.update(from_file)
+        origins.update(dict.fromkeys(from_file, str(path)))
     for key, value in values.items():
         merged.pop(key, None)
         for alias, canonical in aliases(spec.config_cls).items():
             if canonical == key:
                 merged.pop(alias, None)
         merged[key] = value
-    return build_config(spec.config_cls, merged)
+        origins.pop(key, None)
+    return build_config(spec.config_cls, merged, origins=origins)
 
 
 def main(argv: list[str] | None = None) -> int:

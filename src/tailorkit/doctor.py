@@ -47,20 +47,20 @@ class DoctorReport:
 
 def doctor(cfg: DoctorConfig) -> DoctorReport:
     """Check everything `sft` would use; prints the report and raises DataError when training would fail."""
-    from transformers import AutoConfig
-
-    from .models.load import load_processor, resolve_dtype, resolve_family
+    from .models.load import chat_template_for, load_processor, model_config, resolve_dtype, resolve_family
     from .data.tools import apply_agent_template
     from .models.media_budget import apply_media_budget
+    from .plugins import load_plugins
 
     m = cfg.model
-    config = AutoConfig.from_pretrained(m.model, trust_remote_code=m.trust_remote_code)
+    config = model_config(m)
     family = resolve_family(config, m.model_type, m.trust_remote_code)
-    processor = load_processor(m.model, m.trust_remote_code, family.chat_template)
+    processor = load_processor(m.model, m.trust_remote_code, chat_template_for(m, family), family)
     budget = apply_media_budget(processor, m)
     apply_agent_template(processor, m.agent_template)
     data = check_data(cfg.data.dataset + cfg.data.val_dataset, processor, max_length=cfg.data.max_length,
-                      truncation=cfg.data.truncation_strategy, system=cfg.data.system)
+                      truncation=cfg.data.truncation_strategy, system=cfg.data.system,
+                      preprocess=load_plugins(m.external_plugins).preprocess)
     seq_len = min(max(data.lengths, default=1), cfg.data.max_length)
     world = planned_world_size()
     memory = estimate_memory(config, family, cfg.tuner, cfg.train, dtype=resolve_dtype(m.torch_dtype), dist=cfg.dist,

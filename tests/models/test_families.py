@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,8 +94,9 @@ def test_prompt_is_training_prefix(name, family_dirs, image_path):
     assert prompt.input_ids == enc.input_ids[:first]
     for key, value in prompt.media.items():
         assert torch.equal(value, enc.media[key]), key
-    if bundle.family.is_multimodal:
-        assert prompt.media, "the prompt carries no image tensors"
+    if bundle.family.is_multimodal:  # Monkey's images travel as file paths in the tokens, the others' as tensors
+        path = re.search(r"<img>(.+?)</img>", bundle.tokenizer.decode(prompt.input_ids))
+        assert prompt.media or (path and Path(path.group(1)).is_file()), "the prompt carries no image"
 
 
 def _spans(labels: list[int]) -> list[list[int]]:

@@ -113,8 +113,7 @@ def assert_same_as_single_process(job, reference, name: str) -> None:
         base = load_file(models[model] / "model.safetensors")
         assert max_diff({k: expected[k] for k in base}, base) > 10 * TOLERANCE
     if train_type == "dummy":
-        shipped = {k.removeprefix("base_model.model."): v for k, v in
-                   load_file(models[model] / "vision-lora" / "adapter_model.safetensors").items()}
+        shipped = load_file(models[model] / "vision-lora" / "adapter_model.safetensors")  # saved in its key format
         trained = {k.split("/", 1)[1]: v for k, v in got.items() if k.startswith("vision-lora/")}
         assert set(trained) == set(shipped) and any(not torch.equal(trained[k], shipped[k]) for k in shipped)
 

@@ -93,7 +93,11 @@ def test_tutorial_nproc_per_node_command_relaunches_under_torchrun(family_dirs, 
     assert "[tailorkit] launching: -m torch.distributed.run --nproc_per_node 2" in output
     assert output.count("[tailorkit] world size 2 (1 node), backend gloo, engine ddp") == 1  # rank 0 only
     assert output.count("[tailorkit] run summary: completed") == 1
-    assert (tmp_path / "out" / "checkpoint-final" / "vision-lora" / "adapter_model.safetensors").is_file()
+    for folder, moves in (("vision-lora", True), ("speech-lora", False)):  # image rows route to the vision LoRA
+        shipped = load_file(family_dirs("phi4_multimodal") / folder / "adapter_model.safetensors")
+        saved = load_file(tmp_path / "out" / "checkpoint-final" / folder / "adapter_model.safetensors")
+        assert shipped.keys() == saved.keys()
+        assert any(not torch.equal(shipped[k], saved[k]) for k in shipped) == moves, folder
 
 
 @pytest.mark.slow

@@ -6,22 +6,25 @@ Every key is applied or rejected with a message; nothing is silently ignored.
 from __future__ import annotations
 
 import difflib
-import typing
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
 from ..errors import ConfigError
-from .fields import concern_fields
+from .fields import base_type, concern_fields, to_bool
+from .trainer_args import check_trainer_args, is_training_argument
 
-# Keys users copy from other tools that we cannot apply, with the reason and what to do instead.
-REJECTED = {
-    "tensor_parallel_size": "tensor parallelism is not supported for training; use --deepspeed zero3 to shard a "
-                            "model that does not fit one GPU",
-    "pipeline_parallel_size": "pipeline parallelism is not supported for training; use --deepspeed zero3",
+# Parallelism that tailorkit's training does not do, with what to use instead; a size of 1 is what it does.
+PARALLEL_SIZES = {
+    "tensor_parallel_size": "tensor parallelism is not supported for training; shard a model that does not fit "
+                            "one GPU with --deepspeed zero3 or --fsdp full_shard",
+    "pipeline_parallel_size": "pipeline parallelism is not supported for training; shard a model that does not "
+                              "fit one GPU with --deepspeed zero3 or --fsdp full_shard",
 }
 _NESTED_SECTIONS = ("training_args", "model_args", "data_args", "train_args", "tuner_args")
+# TrainingArguments' mixed-precision flags: the run's dtype (float16 is refused on CPU by SftConfig).
+_PRECISION_FLAGS = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def suggest(name: str, known) -> str:
@@ -50,13 +53,16 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def flatten_layout(data: dict, source: str = "<config>") -> dict:
-    """Translate the nested tutorial layout (training_args, dataset: {...}, parallel_config) to flat keys."""
+    """Translate the nested tutorial layout (training_args, dataset: {...}, parallel_config) to flat keys.
+
+    ``model`` next to ``pretrained_model_path`` is the model's name (``model_alias``): the weights are at the path.
+    """
     flat: dict = {}
     data = dict(data)
     if "pretrained_model_path" in data:
         path = data.pop("pretrained_model_path")
         if "model" in data:
-            flat["model_type"] = data.pop("model")
+            flat["model_alias"] = data.pop("model")
         flat["model"] = path
     for section in _NESTED_SECTIONS:
         if section in data:
@@ -68,10 +74,6 @@ def flatten_layout(data: dict, source: str = "<config>") -> dict:
         flat.update(_dataset_section(data.pop("dataset"), source))
     if "parallel_config" in data:
         flat.update(_parallel_section(data.pop("parallel_config"), source))
-    for key in ("fp16", "bf16"):
-        value = flat.pop(key, data.pop(key, None))
-        if value:
-            flat["torch_dtype"] = {"fp16": "float16", "bf16": "bfloat16"}[key]
     flat.update(data)
     return flat
 
@@ -99,9 +101,8 @@ def _dataset_section(section: dict, source: str) -> dict:
 def _parallel_section(section: dict, source: str) -> dict:
     out = {}
     for key, value in dict(section).items():
-        if key in ("tensor_parallel_size", "pipeline_parallel_size"):
-            if int(value) > 1:
-                raise ConfigError(f"{source}: parallel_config.{key}={value}: {REJECTED[key]}")
+        if key in PARALLEL_SIZES:  # checked with the flat keys, so that a flag can override the file's value
+            out[key] = value
         elif key == "zero_stage":
             if int(value) > 0:
                 out["deepspeed"] = f"zero{int(value)}"
@@ -111,21 +112,55 @@ def _parallel_section(section: dict, source: str) -> dict:
     return out
 
 
-def build_config(cls, values: dict, source: str = "<arguments>"):
-    """Build a composite config (e.g. SftConfig) from flat ``values``; unknown keys fail with a suggestion."""
+def check_parallel_size(key: str, value, where: str) -> None:
+    """A tensor/pipeline parallel size of 1 is what tailorkit does; more is refused with what to use instead."""
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if size > 1:
+        raise ConfigError(f"{where}={size}: {PARALLEL_SIZES[key]}")
+
+
+def build_config(cls, values: dict, source: str = "<arguments>", origins: dict[str, str] | None = None):
+    """Build a composite config (e.g. SftConfig) from flat ``values``; unknown keys fail with a suggestion.
+
+    ``origins`` names where a key came from (its YAML file) when that is not ``source``. ms-swift habits are
+    translated here: ``fp16``/``bf16`` set the dtype, parallel sizes of 1 are accepted, and any other
+    transformers ``TrainingArguments`` field goes to ``trainer_args`` (when the config has it).
+    """
     known = concern_fields(cls)
     alias = aliases(cls)
     per_concern: dict[str, dict] = {f.name: {} for f in fields(cls)}
-    for key, value in values.items():
-        key = alias.get(key, key)
-        if key in REJECTED:
-            raise ConfigError(f"{source}: {key}: {REJECTED[key]}")
-        if key not in known:
-            raise ConfigError(f"{source}: unknown setting {key!r}{suggest(key, known)}")
-        concern, f, tp = known[key]
-        per_concern[concern][key] = coerce(value, f, tp, source)
+    passthrough: dict = {}
+    for given, value in values.items():
+        key = alias.get(given, given)
+        where = (origins or {}).get(given, source)
+        if key in PARALLEL_SIZES:
+            check_parallel_size(key, value, f"{where}: {key}")
+        elif key in _PRECISION_FLAGS and "torch_dtype" in known:
+            if _flag(key, value, where):
+                per_concern[known["torch_dtype"][0]]["torch_dtype"] = _PRECISION_FLAGS[key]
+        elif key in known:
+            concern, f, tp = known[key]
+            per_concern[concern][key] = coerce(value, f, tp, where)
+        elif "trainer_args" in known and is_training_argument(key):
+            passthrough[key] = value
+        else:
+            raise ConfigError(f"{where}: unknown setting {key!r}{suggest(key, known)}")
+    if passthrough:
+        concern = known["trainer_args"][0]
+        given = per_concern[concern].get("trainer_args") or {}
+        per_concern[concern]["trainer_args"] = {**passthrough, **check_trainer_args(given)}
     sub = {f.name: f.default_factory(**per_concern[f.name]) for f in fields(cls)}
     return cls(**sub)
+
+
+def _flag(key: str, value, source: str) -> bool:
+    try:
+        return to_bool(value)
+    except ValueError:
+        raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}") from None
 
 
 def coerce(value, f, tp, source: str):
@@ -154,26 +189,3 @@ def coerce(value, f, tp, source: str):
     if choices and value not in choices:
         raise ConfigError(f"{source}: {name}: {value!r} is not one of {', '.join(str(c) for c in choices if c)}")
     return value
-
-
-def to_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "y", "on"):
-        return True
-    if text in ("false", "0", "no", "n", "off"):
-        return False
-    raise ValueError(value)
-
-
-def base_type(tp):
-    """list, dict, bool, int, float or str for an annotation such as ``int | None``."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    origin = typing.get_origin(tp)
-    if origin in (list, dict):
-        return origin
-    if args:
-        inner = args[0]
-        return typing.get_origin(inner) or inner
-    return tp

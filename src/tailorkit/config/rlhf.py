@@ -103,8 +103,6 @@ class GrpoArgs:
                                   "completion next to --reward_funcs")
     reward_weights: list[str] = arg([], "grpo, ppo: one weight per reward function, then per reward model "
                                     "(default all 1)")
-    external_plugins: list[str] = arg([], "grpo, ppo: Python files defining reward functions "
-                                      "f(completions, **columns) -> list[float] and multi-turn schedulers")
     epsilon: float = arg(0.2, "grpo: clipping range of the importance ratio")
     epsilon_high: float | None = arg(None, "grpo: upper clipping range (DAPO's clip-higher; default: --epsilon)")
     importance_sampling_level: str = arg("token", "grpo: token (GRPO) or sequence (GSPO) importance ratio",

@@ -6,24 +6,48 @@ validation lives in ``__post_init__`` and says what to do.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .distributed import DistributedArgs
-from .fields import arg, concern_fields
+from .fields import arg, concern_fields, json_object
+from .trainer_args import check_report_to, check_trainer_args, check_trainer_names
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MODEL_CATEGORIES = ("multimodal", "text")
+ATTN_IMPLS = ("sdpa", "eager", "flash_attn", "flash_attention_2", "flash_attention_3")
+ATTN_SPELLINGS = {"flash_attn": "flash_attention_2"}  # ms-swift's spelling -> transformers'
+_FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+# from_pretrained arguments that other settings own; model_kwargs must not override them unnoticed.
+_OWNED_LOAD_KWARGS = {"dtype": "--torch_dtype", "torch_dtype": "--torch_dtype", "trust_remote_code":
+                      "--trust_remote_code", "attn_implementation": "--attn_impl", "quantization_config":
+                      "--quant_bits / --train_type qlora", "device_map": "(the trainer places the model)"}
 
 
 @dataclass
 class ModelArgs:
     model: str | None = arg(None, "model id on the hub or local directory (required)")
-    model_type: str | None = arg(None, "model family name; inferred from the model's config when omitted")
+    model_type: str | None = arg(None, "model family name; inferred from the model's config when omitted "
+                                 "(multimodal / text, as in the tutorials' YAML, set --model_category instead)")
+    model_category: str | None = arg(None, "multimodal or text: checked against the checkpoint's config before "
+                                     "weights load", choices=(None, *MODEL_CATEGORIES))
+    model_alias: str | None = arg(None, "the model's name when --model is a path (the YAML's `model:` next to "
+                                  "`pretrained_model_path:`, e.g. MiniCPM-V-4): checked against the checkpoint's "
+                                  "family when tailorkit knows the name, else only recorded")
     torch_dtype: str = arg("auto", "weights dtype: auto (bf16 on a GPU that has it, else float32)", choices=DTYPES)
-    attn_impl: str | None = arg(None, "attention implementation: sdpa, eager or flash_attention_2",
-                               choices=(None, "sdpa", "eager", "flash_attention_2"))
+    attn_impl: str | None = arg(None, "attention implementation: sdpa, eager, flash_attn (= flash_attention_2) or "
+                                "flash_attention_3 (the flash ones need a CUDA GPU and their package)",
+                                choices=(None, *ATTN_IMPLS))
     trust_remote_code: bool = arg(False, "allow the model repository's own Python code to run")
+    model_kwargs: dict = arg({}, "JSON object of further keyword arguments for the model's from_pretrained "
+                             "(e.g. '{\"rope_scaling\": {...}}')")
+    template: str | None = arg(None, "chat template to render with: another family's template patch (a family "
+                               "name) or one registered by --external_plugins (default: the model's own)")
+    external_plugins: list[str] = arg([], "Python files extending tailorkit: row preprocessors, chat templates, "
+                                      "an sft loss, trainer callbacks and GRPO reward functions "
+                                      "(tailorkit.plugins)", aliases=("custom_register_path",))
+    use_hf: bool | None = arg(None, "accepted for ms-swift scripts: tailorkit always reads the Hugging Face hub "
+                              "or local folders (false, i.e. ModelScope, is refused)")
     max_pixels: int | None = arg(None, "image token budget: most pixels per image after resizing (saved with the "
                                 "checkpoint's processor, so inference uses the same)")
     min_pixels: int | None = arg(None, "image token budget: fewest pixels per image after resizing (saved likewise)")
@@ -41,6 +65,43 @@ class ModelArgs:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_pixels and self.min_pixels and self.min_pixels > self.max_pixels:
             raise ConfigError(f"min_pixels {self.min_pixels} is larger than max_pixels {self.max_pixels}")
+        if self.model_type in MODEL_CATEGORIES:  # the tutorials' YAML: a category, not a family
+            if self.model_category not in (None, self.model_type):
+                raise ConfigError(f"model_type {self.model_type!r} and model_category {self.model_category!r} "
+                                  "disagree; give one of them")
+            self.model_category, self.model_type = self.model_type, None
+        if self.use_hf is False:
+            raise ConfigError("use_hf false asks for ModelScope, which tailorkit does not read; models come from the "
+                              "Hugging Face hub or a local folder (drop --use_hf, or download the model first)")
+        self.attn_impl = ATTN_SPELLINGS.get(self.attn_impl, self.attn_impl)
+        check_attention(self.attn_impl)
+        self.model_kwargs = check_model_kwargs(self.model_kwargs)
+
+
+def check_attention(attn_impl: str | None) -> None:
+    """The flash kernels run on a CUDA GPU with their package; say which is missing."""
+    if attn_impl not in _FLASH_PACKAGES:
+        return
+    import importlib.util
+
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError(f"attn_impl {attn_impl} runs on a CUDA GPU and none is visible; use --attn_impl sdpa "
+                          "(or leave it unset) on this machine")
+    package = _FLASH_PACKAGES[attn_impl]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"attn_impl {attn_impl} needs the {package} package (flash-attn"
+                          f"{' 3, built from its hopper/ folder' if package == 'flash_attn_interface' else ''}); "
+                          "install it or use --attn_impl sdpa")
+
+
+def check_model_kwargs(value) -> dict:
+    """--model_kwargs as a dict (JSON on the command line), without keys that other settings own."""
+    value = json_object("model_kwargs", value)
+    for key in value:
+        if key in _OWNED_LOAD_KWARGS:
+            raise ConfigError(f"model_kwargs {key!r} is set by {_OWNED_LOAD_KWARGS[key]}; use that instead")
+    return value
 
 
 @dataclass
@@ -142,6 +203,10 @@ class TrainArgs:
     gradient_checkpointing_kwargs: dict = arg({"use_reentrant": False}, "JSON passed to gradient checkpointing")
     lr_scheduler_type: str = arg("cosine", "learning-rate schedule (transformers names: cosine, linear, constant...)")
     warmup_ratio: float = arg(0.0, "fraction of steps spent warming the learning rate up")
+    warmup_steps: int = arg(0, "optimizer steps spent warming the learning rate up (instead of --warmup_ratio)")
+    optim: str | None = arg(None, "optimizer, by transformers' name: adamw_torch, adamw_torch_fused, adafactor, "
+                            "sgd, adamw_8bit (bitsandbytes) ... (default: transformers', adamw_torch_fused)")
+    optim_args: str | None = arg(None, "extra optimizer arguments as transformers takes them ('key=value,...')")
     weight_decay: float = arg(0.1, "AdamW weight decay")
     max_grad_norm: float = arg(1.0, "gradient clipping norm")
     logging_steps: int = arg(5, "log loss and learning rate every N optimizer steps")
@@ -157,8 +222,11 @@ class TrainArgs:
     save_strategy: str = arg("steps", "when to save checkpoints: steps, epoch or no", choices=("steps", "epoch", "no"))
     save_steps: int = arg(500, "save a checkpoint every N optimizer steps")
     save_total_limit: int | None = arg(None, "keep at most this many checkpoints")
+    save_only_model: bool = arg(False, "checkpoints hold the weights only (no optimizer, scheduler or RNG state): "
+                                "smaller, but a run resumes from them only with --resume_only_model")
     seed: int = arg(42, "random seed for initialisation, shuffling and dropout")
-    report_to: list[str] = arg(["none"], "experiment trackers: none, tensorboard, wandb ...")
+    report_to: list[str] = arg(["none"], "experiment trackers: none, all (every installed one), tensorboard (event "
+                               "files under --output_dir), wandb, swanlab, or another transformers integration")
     resume_from_checkpoint: str | None = arg(None, "checkpoint directory to resume from, or 'last' (the newest "
                                             "complete checkpoint in --output_dir)")
     resume_only_model: bool = arg(False, "with --resume_from_checkpoint: load only the weights and start a fresh "
@@ -168,13 +236,13 @@ class TrainArgs:
     group_by_length: bool = arg(False, "batch samples of similar length together (less padding; not with --packing)")
     use_liger_kernel: bool = arg(False, "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
                                  "cross-entropy) for the families Liger supports; needs a CUDA GPU and liger-kernel")
+    trainer_args: dict = arg({}, "JSON object of further transformers TrainingArguments fields (adam_beta2, "
+                             "neftune_noise_alpha ...), validated by transformers; in YAML such keys may also be "
+                             "written directly")
 
     def __post_init__(self):
-        if isinstance(self.gradient_checkpointing_kwargs, str):
-            try:
-                self.gradient_checkpointing_kwargs = json.loads(self.gradient_checkpointing_kwargs)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"gradient_checkpointing_kwargs is not valid JSON: {e}") from None
+        self.gradient_checkpointing_kwargs = json_object("gradient_checkpointing_kwargs",
+                                                         self.gradient_checkpointing_kwargs)
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
         if self.alarm_patience < 1:
@@ -183,6 +251,11 @@ class TrainArgs:
             _check_liger()
         if self.eval_dataset and self.resolved_eval_strategy() == "no":
             raise ConfigError("--eval_dataset is scored at each evaluation: set --eval_strategy steps or epoch")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ConfigError("give --warmup_steps or --warmup_ratio, not both")
+        self.report_to = check_report_to(self.report_to)
+        check_trainer_names(self)
+        self.trainer_args = check_trainer_args(self.trainer_args)
 
     def resolved_eval_strategy(self) -> str:
         """--eval_strategy, or the one that follows --save_strategy."""
@@ -225,7 +298,13 @@ class SftConfig:
         if self.model.torch_dtype == "float16":
             import torch
             if not torch.cuda.is_available():
-                raise ConfigError("float16 training (fp16) needs a CUDA GPU; use --torch_dtype float32 on CPU")
+                raise ConfigError("float16 training (fp16) needs a CUDA GPU: tailorkit runs fp16 mixed precision "
+                                  "(fp16 weights under a grad scaler) on CUDA only; use --torch_dtype bfloat16 or "
+                                  "float32 on CPU")
+        mine = set(concern_fields(type(self))) & set(self.train.trainer_args)
+        if mine:
+            raise ConfigError(f"trainer_args {sorted(mine)} are tailorkit's own settings; give them as "
+                              f"{', '.join('--' + n for n in sorted(mine))}")
 
     def flat(self) -> dict:
         """Every resolved setting under its argument name (the form the CLI and YAML files take)."""

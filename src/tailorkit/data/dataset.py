@@ -36,18 +36,20 @@ def sample_rows(items: list, n: int | None, seed: int) -> list:
 
 def load_conversations(specs: list[str], *, system: str | None = None, seed: int = 42,
                        check_media: bool = True, parse=parse_row, convs_of=lambda item: [item],
-                       need_reply: bool = True) -> list[Conversation]:
+                       need_reply: bool = True, preprocess=None) -> list[Conversation]:
     """Parse every row of every dataset; all errors found are reported together (up to 10).
 
     ``parse`` (a row parser with parse_row's signature) and ``convs_of`` (the Conversations inside
     what it returns) let other layouts, such as preference pairs, share this loop. ``need_reply=False``
-    accepts conversations that end with a user turn (prompts to answer).
+    accepts conversations that end with a user turn (prompts to answer). ``preprocess(row, source=, line=)``
+    rewrites every raw row before it is parsed (--external_plugins preprocessors).
     """
     if not need_reply:
         parse = functools.partial(parse, need_reply=False)
     out, errors = [], []
     for spec in specs:
-        convs, errs = scan_dataset(spec, system=system, check_media=check_media, parse=parse, convs_of=convs_of)
+        convs, errs = scan_dataset(spec, system=system, check_media=check_media, parse=parse, convs_of=convs_of,
+                                   preprocess=preprocess)
         errors += errs
         out.extend(sample_rows(convs, split_spec(spec)[1], seed))
     _raise_collected(errors)
@@ -55,12 +57,12 @@ def load_conversations(specs: list[str], *, system: str | None = None, seed: int
 
 
 def scan_dataset(spec: str, *, system: str | None = None, check_media: bool = True, parse=parse_row,
-                 convs_of=lambda item: [item]) -> tuple[list[Conversation], list[DataError]]:
+                 convs_of=lambda item: [item], preprocess=None) -> tuple[list[Conversation], list[DataError]]:
     """(conversations, row errors) of one dataset spec; a file-level error (unreadable file) is collected too."""
     convs, errors = [], []
     try:
         for conv in iter_conversations(spec, system=system, check_media=check_media, errors=errors, parse=parse,
-                                       convs_of=convs_of):
+                                       convs_of=convs_of, preprocess=preprocess):
             convs.append(conv)
     except DataError as e:
         errors.append(e)
@@ -69,7 +71,7 @@ def scan_dataset(spec: str, *, system: str | None = None, check_media: bool = Tr
 
 def iter_conversations(spec: str, *, system: str | None = None, check_media: bool = True,
                        errors: list | None = None, streaming: bool = False, parse=parse_row,
-                       convs_of=lambda item: [item]):
+                       convs_of=lambda item: [item], preprocess=None):
     """Conversations of one dataset spec, lazily; bad rows go to ``errors`` (or raise when it is None).
 
     Under ``streaming`` a 'path#N' spec yields the first N rows (a stream cannot be shuffled or repeated).
@@ -85,16 +87,16 @@ def iter_conversations(spec: str, *, system: str | None = None, check_media: boo
                 check_media_files(conv)
         return item
 
-    return _iter_parsed(spec, parse_checked, errors=errors, streaming=streaming)
+    return _iter_parsed(spec, parse_checked, errors=errors, streaming=streaming, preprocess=preprocess)
 
 
-def iter_text_samples(spec: str, *, errors: list | None = None, streaming: bool = False):
+def iter_text_samples(spec: str, *, errors: list | None = None, streaming: bool = False, preprocess=None):
     """Pre-training samples of one dataset spec, lazily; like `iter_conversations` for {"text": ...} rows."""
     return _iter_parsed(spec, lambda row, path, line: parse_text_row(row, source=path, line=line), errors=errors,
-                        streaming=streaming)
+                        streaming=streaming, preprocess=preprocess)
 
 
-def _iter_parsed(spec: str, parse, *, errors: list | None, streaming: bool):
+def _iter_parsed(spec: str, parse, *, errors: list | None, streaming: bool, preprocess=None):
     path, n = split_spec(spec)
     count = 0
     for line, row in iter_rows(path, streaming=streaming):
@@ -103,6 +105,8 @@ def _iter_parsed(spec: str, parse, *, errors: list | None, streaming: bool):
         try:
             if isinstance(row, DataError):
                 raise row
+            if preprocess is not None:
+                row = preprocess(row, source=path, line=line)
             item = parse(row, path, line)
         except DataError as e:
             if errors is None:
@@ -123,12 +127,12 @@ def check_media_files(conv: Conversation) -> None:
                                  fix="fix the path; relative paths resolve against the dataset file's folder")
 
 
-def load_text_samples(specs: list[str], *, seed: int = 42) -> list[TextSample]:
+def load_text_samples(specs: list[str], *, seed: int = 42, preprocess=None) -> list[TextSample]:
     """Parse every pre-training row of every dataset; all errors found are reported together (up to 10)."""
     out, errors = [], []
     for spec in specs:
         try:
-            samples = list(iter_text_samples(spec, errors=errors))
+            samples = list(iter_text_samples(spec, errors=errors, preprocess=preprocess))
         except DataError as e:
             errors.append(e)
             continue
@@ -232,8 +236,9 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, specs: list[str], processor, *, max_length: int, truncation: str,
-                 system: str | None = None, text: bool = False):
+                 system: str | None = None, text: bool = False, preprocess=None):
         self.specs, self.processor, self.system, self.text = specs, processor, system, text
+        self.preprocess = preprocess
         self.kwargs = dict(max_length=max_length, truncation=truncation)
         self.report = EncodeReport()
         self.start = StreamPosition()
@@ -244,9 +249,9 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
     def items(self):
         for spec in self.specs:
             if self.text:
-                yield from iter_text_samples(spec, streaming=True)
+                yield from iter_text_samples(spec, streaming=True, preprocess=self.preprocess)
             else:
-                yield from iter_conversations(spec, system=self.system, streaming=True)
+                yield from iter_conversations(spec, system=self.system, streaming=True, preprocess=self.preprocess)
 
     def resume_at(self, position: StreamPosition) -> None:
         """Start the next pass after ``position`` (read, digested and checked, never encoded)."""

@@ -190,6 +190,7 @@ def _to_encoded(out: dict, labels: list[int] | None) -> Encoded:
     out.pop("attention_mask", None)
     enc = Encoded(input_ids=ids, labels=labels if labels is not None else [IGNORE] * len(ids))
     for key, value in out.items():
+        value = one_text_value(value)
         if not isinstance(value, torch.Tensor):
             continue
         if value.dim() == 2 and value.shape == (1, len(ids)):
@@ -197,6 +198,23 @@ def _to_encoded(out: dict, labels: list[int] | None) -> Encoded:
         else:
             enc.media[key] = value
     return enc
+
+
+def one_text_value(value):
+    """A processor output for one text as a tensor where it can be one.
+
+    Remote-code processors (MiniCPM-V's) return nested per-text lists: [tensor] or [[slice, slice ...]]
+    whose slices differ in their last dimension; those are zero-padded at the end and stacked (the model
+    reads each slice's true size from its tgt_sizes). Anything else (sizes as tuples, None) is returned as is.
+    """
+    if not (isinstance(value, list) and len(value) == 1):
+        return value
+    inner = value[0]
+    if isinstance(inner, list) and inner and all(isinstance(t, torch.Tensor) for t in inner):
+        width = [max(t.shape[d] for t in inner) for d in range(inner[0].dim())]
+        return torch.stack([torch.nn.functional.pad(t, [p for d in reversed(range(t.dim()))
+                                                        for p in (0, width[d] - t.shape[d])]) for t in inner])
+    return inner
 
 
 def encode_text(sample: TextSample, tokenizer, *, max_length: int | None = None) -> Encoded:

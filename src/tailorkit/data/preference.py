@@ -119,9 +119,10 @@ def parse_prompt_row(row, *, source=None, line=None, base_dir=None, system=None)
     return PromptSample(conv, columns)
 
 
-def load_rows(specs: list[str], parse, *, system: str | None = None, seed: int = 42) -> list:
-    """Parse every row of every dataset with ``parse``; all errors are reported together."""
-    return load_conversations(specs, system=system, seed=seed, parse=parse, convs_of=convs_of)
+def load_rows(specs: list[str], parse, *, system: str | None = None, seed: int = 42, preprocess=None) -> list:
+    """Parse every row of every dataset with ``parse`` (after ``preprocess``); all errors are reported together."""
+    return load_conversations(specs, system=system, seed=seed, parse=parse, convs_of=convs_of,
+                              preprocess=preprocess)
 
 
 def convs_of(item) -> list[Conversation]:

@@ -17,11 +17,11 @@ PREFLIGHT_ROWS = 16
 
 
 def preflight_stream(specs: list[str], *, system: str | None = None, text: bool = False,
-                     rows: int = PREFLIGHT_ROWS) -> None:
+                     rows: int = PREFLIGHT_ROWS, preprocess=None) -> None:
     """Read and check the first ``rows`` rows of each dataset (a stream is checked in full as it is read)."""
     for spec in specs:
-        items = iter_text_samples(spec, streaming=True) if text else \
-            iter_conversations(spec, system=system, streaming=True)
+        items = iter_text_samples(spec, streaming=True, preprocess=preprocess) if text else \
+            iter_conversations(spec, system=system, streaming=True, preprocess=preprocess)
         for i, _item in enumerate(items):
             if i + 1 >= rows:
                 break
@@ -47,11 +47,12 @@ class DataCheck:
 
 
 def check_data(specs: list[str], processor, *, max_length: int, truncation: str,
-               system: str | None = None) -> DataCheck:
-    """Parse every row, decode every media item and encode every conversation; nothing stops at the first error."""
+               system: str | None = None, preprocess=None) -> DataCheck:
+    """Parse every row (after ``preprocess``), decode every media item and encode every conversation; nothing
+    stops at the first error."""
     report = DataCheck()
     for spec in specs:
-        convs, errors = scan_dataset(spec, system=system)
+        convs, errors = scan_dataset(spec, system=system, preprocess=preprocess)
         report.errors += errors
         for conv in convs:
             report.rows_by_layout[conv.layout] += 1

@@ -74,6 +74,9 @@ def init_processes(dist: DistributedArgs):
     from .deepspeed import forget_earlier_runs
 
     forget_earlier_runs()
+    _leave_one_process()
+    if dist.deepspeed is not None and not launched():
+        _as_one_process()
     kwargs = {"timeout": timedelta(seconds=dist.ddp_timeout)}
     if launched():
         kwargs["backend"] = dist.ddp_backend or default_backend()
@@ -81,6 +84,32 @@ def init_processes(dist: DistributedArgs):
     if not state.is_main_process:
         quiet()
     return state
+
+
+# torchrun's variables for a world of one process, set by _as_one_process (and only those it set are removed)
+_ONE_PROCESS = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+_set_by_us: list[str] = []
+
+
+def _as_one_process() -> None:
+    """``tailorkit sft --deepspeed zero2`` without a launcher (the Phi-4 tutorial's command): DeepSpeed needs a
+    process group and, missing torchrun's variables, goes looking for MPI (mpi4py). Set what
+    ``torchrun --nproc_per_node 1`` would, with a free local port, so the run is a world of one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))  # every address, as the rendezvous store binds: free there, not just on loopback
+        port = str(s.getsockname()[1])
+    for var, value in {**_ONE_PROCESS, "MASTER_PORT": port}.items():
+        if var not in os.environ:
+            os.environ[var] = value
+            _set_by_us.append(var)
+
+
+def _leave_one_process() -> None:
+    """Undo _as_one_process: a later run in this Python session may not use DeepSpeed."""
+    while _set_by_us:
+        os.environ.pop(_set_by_us.pop(), None)
 
 
 def default_backend() -> str:
@@ -112,7 +141,7 @@ def start_line(args, dist: DistributedArgs) -> str:
     data_ranks = world // dist.sequence_parallel_size
     per_device = args.per_device_train_batch_size
     total = per_device * args.gradient_accumulation_steps * data_ranks
-    engine = dist.engine if world > 1 else "single process"
+    engine = dist.engine if world > 1 or dist.deepspeed else "single process"
     return (f"[tailorkit] world size {world} ({nodes} node{'s' if nodes > 1 else ''}), backend {backend}, engine "
             f"{engine}, batch {per_device} per device x {args.gradient_accumulation_steps} accumulation x "
             f"{data_ranks} data-parallel rank{'s' if data_ranks > 1 else ''} = {total} samples per optimizer step")

@@ -14,7 +14,8 @@ from ..errors import ConfigError
 from ..run_files import CONFIG_FILE as RUN_CONFIG
 from ..run_files import FINAL_DIR
 
-_RUN_MODEL_KEYS = ("model", "model_type", "torch_dtype", "attn_impl", "trust_remote_code", "agent_template")
+_RUN_MODEL_KEYS = ("model", "model_type", "torch_dtype", "attn_impl", "trust_remote_code", "agent_template",
+                   "model_kwargs")
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _transformers(spec: ServeSpec, engine: EngineArgs):
         for name, path in items[1:]:
             model.load_adapter(path, adapter_name=name)
     processor = bundle.processor if spec.processor_dir == spec.model.model else load_processor(
-        spec.processor_dir, spec.model.trust_remote_code)
+        spec.processor_dir, spec.model.trust_remote_code, family=bundle.family)
     return TransformersEngine(model.eval(), processor, max_batch_size=engine.max_batch_size)
 
 

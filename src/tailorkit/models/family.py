@@ -48,6 +48,11 @@ class Family:
     # dummy vision pass that keeps every rank's collectives in step (distributed/media.py); None = none.
     dummy_image: Callable | None = field(default=None, compare=False)
     media: tuple[str, ...] = ("image",)  # media kinds the processor takes (multimodal families; tests use the first)
+    # Called with (model, processor) once loaded, when the model's remote code takes its inputs in another form
+    # than transformers' (MiniCPM-V's forward(data)): makes it take the collated batch as keyword tensors.
+    prepare_model: Callable[[nn.Module, object], None] | None = field(default=None, compare=False)
+    # Builds the processor around what AutoProcessor loads, for a model that ships none (Monkey: a tokenizer).
+    wrap_processor: Callable[[object], object] | None = field(default=None, compare=False)
     support: str = "tiny random build: prompt = train prefix, supervised = replies, 1 sft step with an image"
 
     @property

@@ -9,7 +9,7 @@ import torch
 
 from ..config.train import ModelArgs
 from ..data.tools import apply_agent_template
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from .family import Family
 from .media_budget import apply_media_budget
 from .registry import family_by_name, family_for_config
@@ -34,18 +34,23 @@ def resolve_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_processor(path: str, trust_remote_code: bool = False, chat_template: str | None = None):
+def load_processor(path: str, trust_remote_code: bool = False, chat_template: str | None = None,
+                   family: Family | None = None):
     """The model's own processor (or tokenizer); it must carry a chat template.
 
     ``chat_template`` is a family's template patch: it replaces the native template (and is saved with
-    every checkpoint, since the processor is).
+    every checkpoint, since the processor is). A text model whose tokenizer_config.json names a processor
+    class the folder does not ship (common in community fine-tunes of vision models) gets its tokenizer.
+    A ``family`` whose model ships no processor builds one around what loads (``Family.wrap_processor``).
     """
     from transformers import AutoProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a processor or tokenizer from {path}: {e}") from None
+        processor = _tokenizer_of_text_model(path, trust_remote_code, e)
+    if family is not None and family.wrap_processor is not None:
+        processor = family.wrap_processor(processor)
     tok = getattr(processor, "tokenizer", processor)
     if chat_template is not None:
         processor.chat_template = chat_template
@@ -58,14 +63,111 @@ def load_processor(path: str, trust_remote_code: bool = False, chat_template: st
     return processor
 
 
+def _tokenizer_of_text_model(path: str, trust_remote_code: bool, error: Exception):
+    """The tokenizer, when AutoProcessor failed on a model whose config has no vision or audio part."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        config = None
+    if config is None or config_is_multimodal(config):
+        raise ModelError(f"cannot load a processor or tokenizer from {path}: {error}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a processor or tokenizer from {path}: {error}; nor its tokenizer: {e}") \
+            from None
+    print(f"[tailorkit] {path}: the processor named by tokenizer_config.json cannot load ({str(error)[:120]}); "
+          "the config has no vision or audio part, so this text model uses its tokenizer")
+    return tokenizer
+
+
+# Config keys of a model's non-text parts (vision towers, audio encoders), whatever the family calls them.
+_MEDIA_CONFIG_KEYS = ("vision_config", "audio_config", "visual", "vision_tower", "mm_vision_tower", "speech_config",
+                      "image_size", "vision_lora", "speech_lora")
+
+
+def config_is_multimodal(config, family: Family | None = None) -> bool:
+    """Whether the model takes media: its registered family says so, else its config has a non-text part."""
+    if family is not None and not family.name.startswith("inferred:"):
+        return family.is_multimodal or family.media != ("image",)
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return any(values.get(key) for key in _MEDIA_CONFIG_KEYS)
+
+
+def model_config(args: ModelArgs, path: str | None = None):
+    """The model's config (no weights); a model whose own code must run without --trust_remote_code, or a
+    folder that is not a model, is a ModelError that says what to do."""
+    from transformers import AutoConfig
+
+    path = path or args.model
+    if path is None:
+        raise ModelError("no model given")
+    if Path(path).exists() and not (Path(path) / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json; point --model at a saved model directory")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e) and not args.trust_remote_code:
+            raise ModelError(f"{path} is built by its own Python code (config.json's auto_map), which runs only "
+                             "when you allow it: read that code, then add --trust_remote_code true (in YAML: "
+                             "trust_remote_code: true)") from None
+        raise ModelError(f"cannot load a model config from {path}: {e}") from None
+
+
 def load_family_processor(path: str, args: ModelArgs) -> tuple[object, Family]:
     """The processor at ``path`` with the chat template that training used: the family's patch when the
     family (of ``args.model``, or of ``path`` when no model is named) has one; and that family."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(args.model or path, trust_remote_code=args.trust_remote_code)
+    config = model_config(args, args.model or path)
     family = resolve_family(config, args.model_type, args.trust_remote_code)
-    return load_processor(path, args.trust_remote_code, family.chat_template), family
+    return load_processor(path, args.trust_remote_code, chat_template_for(args, family), family), family
+
+
+def chat_template_for(args: ModelArgs, family: Family | None) -> str | None:
+    """The template to render with: --template (a family's patch or a plugin's template), else the family's
+    patch (None: the model's own)."""
+    from ..plugins import load_plugins
+    from .registry import FAMILIES, family_by_name
+
+    if args.template is None:
+        return family.chat_template if family is not None else None
+    patched = sorted(name for name, fam in FAMILIES.items() if fam.chat_template is not None)
+    plugins = load_plugins(args.external_plugins, reserved_templates=frozenset(FAMILIES))
+    if args.template in plugins.templates:
+        return plugins.templates[args.template]
+    try:
+        chosen = family_by_name(args.template)
+    except ModelError:
+        chosen = None
+    if chosen is None or chosen.chat_template is None:
+        known = patched + sorted(plugins.templates)
+        raise ConfigError(f"--template {args.template}: no such template; families with a template patch and "
+                          f"plugin templates: {', '.join(known)} (leave --template unset for the model's own)")
+    return chosen.chat_template
+
+
+def check_identity(args: ModelArgs, config, family: Family | None) -> None:
+    """--model_alias and --model_category (the tutorials' YAML ``model:`` and ``model_type:``) against the
+    checkpoint's config, before any weight loads."""
+    from .aliases import family_of_name
+
+    path = args.model
+    if args.model_category is not None:
+        multimodal = config_is_multimodal(config, family)
+        if multimodal != (args.model_category == "multimodal"):
+            what = "a multimodal" if multimodal else "a text-only"
+            raise ModelError(f"model_category {args.model_category} (model_type in the YAML), but {path} is {what} "
+                             f"model ({config.model_type}); fix the category or the checkpoint path")
+    if args.model_alias is None:
+        return
+    named = family_of_name(args.model_alias)
+    actual = family.name if family is not None else None
+    if named is not None and actual is not None and named != actual:
+        raise ModelError(f"model {args.model_alias!r} is a {named} model, but {path} holds a {actual} model "
+                         f"(config.json model_type {config.model_type!r}); fix pretrained_model_path or the name")
+    known = f"family {named}" if named else "a name tailorkit does not know: recorded only"
+    print(f"[tailorkit] model {args.model_alias} ({known}) from {path}")
 
 
 def detect_family(config, model_type: str | None) -> Family | None:
@@ -153,33 +255,33 @@ def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
     ``load_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config``).
     """
     import transformers
-    from transformers import AutoConfig
 
     path = args.model
-    if path is None:
-        raise ModelError("no model given")
-    if Path(path).exists() and not (Path(path) / "config.json").is_file():
-        raise ModelError(f"{path} has no config.json; point --model at a saved model directory")
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a model config from {path}: {e}") from None
+    config = model_config(args)
     family = detect_family(config, args.model_type)
     if family is not None and family.trust_remote_code and not args.trust_remote_code:
         raise ModelError(f"{path} is a {family.name} model, which exists only as remote code; pass "
                          "--trust_remote_code true after reading the model's code")
-    processor = load_processor(path, args.trust_remote_code, family.chat_template if family else None)
+    check_identity(args, config, family)
+    processor = load_processor(path, args.trust_remote_code, chat_template_for(args, family), family)
     apply_media_budget(processor, args)
     apply_agent_template(processor, args.agent_template)
     auto_name = family.auto_class if family is not None else auto_class_for(config)
     auto = getattr(transformers, auto_name)
-    kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code)
+    kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code,
+                  **args.model_kwargs)
     if args.attn_impl:
         kwargs["attn_implementation"] = args.attn_impl
     kwargs.update(load_kwargs)
-    model = auto.from_pretrained(path, **kwargs)
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+    except TypeError as e:  # typically a --model_kwargs key this model's __init__ does not take
+        raise ModelError(f"{path}: from_pretrained refused its arguments ({e}); check --model_kwargs "
+                         f"{sorted(args.model_kwargs)}") from None
     if family is None:
         family = infer_family(model, config, auto_name)
+    if family.prepare_model is not None:
+        family.prepare_model(model, processor)
     check_module_map(model, family)
     return ModelBundle(model=model, processor=processor, family=family)
 

@@ -22,12 +22,13 @@ def build_remote_tiny(out: str | Path, name: str, config: dict, tokenizer, extra
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for src in [*(REMOTE_CODE / name).glob("*.py"), *(REMOTE_CODE / "common").glob("*.py")]:
+    for src in (REMOTE_CODE / name).glob("*.py"):
         shutil.copy(src, out / src.name)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for fname, text in extra_files.items():
         (out / fname).write_text(text)
-    tokenizer.save_pretrained(out)
+    if tokenizer is not None:  # None: the tokenizer's files are among extra_files (a remote-code tokenizer)
+        tokenizer.save_pretrained(out)
     cfg = AutoConfig.from_pretrained(out, trust_remote_code=True)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=True)

@@ -49,9 +49,10 @@ class SftAlgorithm:
     the step's tokens are split into micro-batches, packs or processes (8x1 = 1x8 = packed = 2 GPUs x 4).
     """
 
-    def __init__(self, plan: Plan | None = None, sequence_parallel: SequenceParallel | None = None):
+    def __init__(self, plan: Plan | None = None, sequence_parallel: SequenceParallel | None = None, loss=None):
         self.plan = plan  # the tuner plan: AdaLoRA's orthogonality penalty is added to the loss
         self.sequence_parallel = sequence_parallel  # --sequence_parallel_size > 1: each rank's shard of the tokens
+        self.loss = loss or sft_loss  # (logits, labels, num_items) -> loss; a plugin may replace it
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -68,7 +69,7 @@ class SftAlgorithm:
             loss = outputs.loss
         else:
             outputs = model(**inputs, use_cache=False)
-            loss = sft_loss(outputs.logits, labels, num_items_in_batch) if sp is None else \
+            loss = self.loss(outputs.logits, labels, num_items_in_batch) if sp is None else \
                 sp.loss(outputs.logits, labels, num_items_in_batch)
         if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
             loss = loss * trainer.accelerator.num_processes  # DDP averages gradients; the count is global

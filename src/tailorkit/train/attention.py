@@ -170,8 +170,25 @@ def _register() -> None:
         AttentionMaskInterface.register(name, mask)
 
 
+def packed_attention_target(model):
+    """The model whose attention packed rows switch: ``model`` itself, or for remote code (MiniCPM-V) the
+    transformers language model inside it that owns the input embeddings (``llm``): its attention takes the
+    registered kernels, while the remote vision code keeps its own."""
+    from transformers import PreTrainedModel
+
+    def native(m) -> bool:
+        return isinstance(m, PreTrainedModel) and type(m).__module__.startswith("transformers.")
+
+    if native(model):
+        return model
+    embed = model.get_input_embeddings().weight
+    inside = [m for m in model.modules() if m is not model and native(m) and any(p is embed for p in m.parameters())]
+    return max(inside, key=lambda m: sum(p.numel() for p in m.parameters())) if inside else model
+
+
 def use_packed_attention(model, attn_impl: str | None) -> str:
-    """Switch ``model`` (and its sub-models) to segment-aware attention; returns the implementation name.
+    """Switch ``model`` (and its sub-models; see ``packed_attention_target`` for remote code) to segment-aware
+    attention; returns the implementation name.
 
     ``attn_impl`` is the user's choice: sdpa/eager/None give per-segment sdpa (exact, and it never
     builds a T x T mask); flash_attention_2 gives flash-attn varlen, which needs a GPU and flash-attn.
@@ -184,5 +201,5 @@ def use_packed_attention(model, attn_impl: str | None) -> str:
         name = PACKED_FLASH
     else:
         name = PACKED_SDPA
-    model.set_attn_implementation(name)
+    packed_attention_target(model).set_attn_implementation(name)
     return name

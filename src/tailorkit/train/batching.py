@@ -25,15 +25,12 @@ def check_batching(cfg: SftConfig) -> None:
 
 def check_family_packs(cfg: SftConfig) -> None:
     """Refuse --packing/--padding_free for a registered family that declares it cannot pack exactly."""
-    from transformers import AutoConfig
-
-    from ..models.load import detect_family
+    from ..models.load import detect_family, model_config
 
     m = cfg.model
     if m.model is None:  # load_bundle says so
         return
-    config = AutoConfig.from_pretrained(m.model, trust_remote_code=m.trust_remote_code)
-    family = detect_family(config, m.model_type)
+    family = detect_family(model_config(m), m.model_type)
     if family is not None and family.packing_refusal:
         flag = "--packing" if cfg.data.packing else "--padding_free"
         raise ConfigError(f"{flag} is not supported for the {family.name} family: {family.packing_refusal}; "

@@ -26,6 +26,7 @@ from ..distributed.ulysses import SequenceParallel
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..models.value_head import HEAD, add_value_head, lm_head_prefixes, load_reward_model, trained_head
+from ..plugins import load_plugins
 from ..tuners.plan import Plan
 from ..tuners.quant import plan_load_kwargs
 from .algorithm import Algorithm, SftAlgorithm
@@ -112,16 +113,16 @@ def reference_policy(cfg: RlhfConfig, bundle: ModelBundle) -> ReferenceModel:
 
 # ---- rows ---------------------------------------------------------------------------------------------------
 
-def load_text_rows(specs: list[str], *, system: str | None, seed: int) -> list:
+def load_text_rows(specs: list[str], *, system: str | None, seed: int, preprocess=None) -> list:
     """Pre-training rows ({"text": ...}); a system prompt has no place in them."""
     if system is not None:
         raise ConfigError("--system applies to conversations; pt trains on raw text rows: remove it")
-    return load_text_samples(specs, seed=seed)
+    return load_text_samples(specs, seed=seed, preprocess=preprocess)
 
 
-def load_kto_rows(specs: list[str], *, system: str | None, seed: int) -> list:
+def load_kto_rows(specs: list[str], *, system: str | None, seed: int, preprocess=None) -> list:
     """KTO rows (a conversation and a boolean label), with a warning when all labels agree."""
-    items = load_rows(specs, parse_kto_row, system=system, seed=seed)
+    items = load_rows(specs, parse_kto_row, system=system, seed=seed, preprocess=preprocess)
     if len({s.label for s in items}) < 2:
         print(f"[tailorkit] warning: every KTO sample of {', '.join(specs)} has the same label; KTO learns from "
               "both kinds")
@@ -155,8 +156,10 @@ def unpadded(pad_token_id: int, cfg: SftConfig) -> Callable:
 # ---- algorithms: (cfg, bundle, plan, reference) -> the object whose compute_loss the Trainer calls -----------
 
 def sft_algorithm(cfg: SftConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> SftAlgorithm:
+    """Token cross-entropy, or the loss an --external_plugins file registers."""
+    loss = load_plugins(cfg.model.external_plugins).loss  # run_plugins refused what cannot take it
     size = cfg.dist.sequence_parallel_size
-    return SftAlgorithm(plan, SequenceParallel(bundle.model, bundle.family, size) if size > 1 else None)
+    return SftAlgorithm(plan, SequenceParallel(bundle.model, bundle.family, size) if size > 1 else None, loss=loss)
 
 
 def dpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> DpoAlgorithm:
@@ -192,7 +195,8 @@ def sampler_of(cfg: RlhfConfig, bundle: ModelBundle) -> Sampler:
     """How the online kinds sample: --max_completion_length, --temperature ...; grpo's multi-turn scheduler."""
     g = cfg.grpo
     sampling = Sampling(g.max_completion_length, g.temperature, g.top_p, g.top_k)
-    scheduler = load_scheduler(g.multi_turn_scheduler, g.external_plugins) if g.multi_turn_scheduler else None
+    scheduler = (load_scheduler(g.multi_turn_scheduler, cfg.model.external_plugins) if g.multi_turn_scheduler
+                 else None)
     return Sampler(bundle.processor, sampling, scheduler=scheduler, max_turns=g.max_turns,
                    max_length=cfg.data.max_length)
 
@@ -200,9 +204,10 @@ def sampler_of(cfg: RlhfConfig, bundle: ModelBundle) -> Sampler:
 def rewards_of(cfg: RlhfConfig):
     """--reward_funcs (built-ins and --external_plugins) and --reward_model, with --reward_weights."""
     g = cfg.grpo
-    return build_rewards(g.reward_funcs, g.reward_weights, g.external_plugins, format_pattern=g.format_pattern,
-                         max_completion_length=g.max_completion_length, soft_cache_length=g.soft_cache_length,
-                         reward_models=g.reward_model, torch_dtype=cfg.model.torch_dtype)
+    return build_rewards(g.reward_funcs, g.reward_weights, cfg.model.external_plugins,
+                         format_pattern=g.format_pattern, max_completion_length=g.max_completion_length,
+                         soft_cache_length=g.soft_cache_length, reward_models=g.reward_model,
+                         torch_dtype=cfg.model.torch_dtype)
 
 
 def grpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> GrpoAlgorithm:
@@ -247,7 +252,8 @@ class Kind:
     """One training kind, chosen by verb (sft, pt) or by --rlhf_type."""
 
     name: str
-    # (specs, *, system, seed) -> the parsed rows of the datasets, every row checked (before any weights load)
+    # (specs, *, system, seed, preprocess) -> the parsed rows of the datasets, every row checked (before any
+    # weights load); ``preprocess(row, source=, line=)`` rewrites each raw row first (plugin preprocessors)
     load: Callable[..., list]
     # (items, processor, *, max_length, truncation, desc) -> (encoded items, EncodeReport), through data/'s encoder
     encode: Callable[..., tuple]

@@ -26,6 +26,7 @@ from ..distributed.launch import init_processes, start_line
 from ..distributed.media import keep_collectives_in_step
 from ..errors import ConfigError, TrainingStopped
 from ..models.load import ModelBundle
+from ..plugins import Plugins, load_plugins
 from ..run_files import CONFIG_FILE, FINAL_DIR, LOG_FILE
 from ..tuners.adapters import apply_tuner
 from ..tuners.plan import Plan, count_parameters
@@ -84,12 +85,13 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     spec = KINDS[kind]
     out = Path(cfg.train.output_dir)
     check_output_dir(out, cfg)
+    plugins = run_plugins(cfg, kind)
     world = init_processes(cfg.dist).num_processes
     PartialState().wait_for_everyone()  # every rank checks before rank 0 writes into output_dir
     resume = resume_point(cfg, out)
     check_distributed(cfg, kind, world, resume)
     check_batching(cfg)
-    train_items, val_items = read_rows(cfg, spec)  # cheap checks on every row, before any weights load
+    train_items, val_items = read_rows(cfg, spec, plugins.preprocess)  # every row checked, before any weights
     gen_eval = generation_eval(cfg)  # --eval_dataset: read and checked before weights too
 
     set_seed(cfg.train.seed)
@@ -101,7 +103,8 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     print(f"[tailorkit] {kind} on {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
 
-    train_set, val_set, report = encode_rows(cfg, spec, bundle.processor, train_items, val_items)
+    train_set, val_set, report = encode_rows(cfg, spec, bundle.processor, train_items, val_items,
+                                             preprocess=plugins.preprocess)
     collator = spec.collator(bundle.tokenizer.pad_token_id, cfg)
     reference.precompute([train_set, val_set], collator, model)  # before the fingerprint: it covers them
     algorithm = spec.algorithm(cfg, bundle, plan, reference)
@@ -122,8 +125,8 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
                       data_collator=collator,
                       processing_class=bundle.processor, algorithm=algorithm, plan=plan, hooks=guards.hooks,
                       sequence_parallel=cfg.dist.sequence_parallel_size,
-                      callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *guards.callbacks,
-                                 *gen_eval])
+                      callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *plugins.callbacks,
+                                 *guards.callbacks, *gen_eval])
     _drop_printing_callbacks(trainer)
     print(start_line(trainer.args, cfg.dist))
     return Run(cfg=cfg, kind=spec, output_dir=out, bundle=bundle, model=model, plan=plan, train_set=train_set,
@@ -160,14 +163,30 @@ def check_output_dir(out: Path, cfg: SftConfig) -> None:
                           "--resume_from_checkpoint to continue it")
 
 
-def read_rows(cfg: SftConfig, spec: Kind) -> tuple[list, list]:
-    """(training rows, validation rows), every row parsed and checked; a stream's first rows only."""
+def run_plugins(cfg: SftConfig, kind: str) -> Plugins:
+    """The --external_plugins of the run; a plugin loss replaces sft/pt's token loss only."""
+    plugins = load_plugins(cfg.model.external_plugins)
+    if plugins.loss is not None and kind not in ("sft", "pt"):
+        raise ConfigError(f"an --external_plugins file registers a loss, which replaces the sft/pt token loss; "
+                          f"rlhf_type {kind} has its own (see --loss_type); drop the plugin's loss for this run")
+    fused = [flag for flag, on in (("--sequence_parallel_size", cfg.dist.sequence_parallel_size > 1),
+                                   ("--use_liger_kernel", cfg.train.use_liger_kernel)) if on]
+    if plugins.loss is not None and fused:
+        raise ConfigError(f"an --external_plugins file registers a loss, which needs the full logits; {fused[0]} "
+                          "computes the loss without them: drop one of the two")
+    return plugins
+
+
+def read_rows(cfg: SftConfig, spec: Kind, preprocess=None) -> tuple[list, list]:
+    """(training rows, validation rows), every row parsed and checked; a stream's first rows only.
+
+    ``preprocess`` (plugin preprocessors) rewrites every raw row before it is parsed."""
     seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
     d = cfg.data
     if d.streaming:  # rows are checked as the stream reaches them; the first ones here, before weights
-        preflight_stream(d.dataset, system=d.system, text=spec.text)
-    train = [] if d.streaming else spec.load(d.dataset, system=d.system, seed=seed)
-    val = spec.load(d.val_dataset, system=d.system, seed=seed) if d.val_dataset else []
+        preflight_stream(d.dataset, system=d.system, text=spec.text, preprocess=preprocess)
+    train = [] if d.streaming else spec.load(d.dataset, system=d.system, seed=seed, preprocess=preprocess)
+    val = spec.load(d.val_dataset, system=d.system, seed=seed, preprocess=preprocess) if d.val_dataset else []
     if not val and d.split_dataset_ratio > 0:
         train, val = split(train, d.split_dataset_ratio, seed)
     return train, val
@@ -199,7 +218,7 @@ def split(items: list, ratio: float, seed: int) -> tuple[list, list]:
 
 # ---- after the model loads ----------------------------------------------------------------------------------
 
-def encode_rows(cfg: SftConfig, spec: Kind, processor, train_items: list, val_items: list):
+def encode_rows(cfg: SftConfig, spec: Kind, processor, train_items: list, val_items: list, preprocess=None):
     """(train set, validation set, report): every row through the one encoder under --truncation_strategy.
 
     The report counts kept, cut and skipped samples (validation skips marked '(val)'); it is printed now
@@ -209,7 +228,8 @@ def encode_rows(cfg: SftConfig, spec: Kind, processor, train_items: list, val_it
     limits = dict(max_length=d.max_length, truncation=d.truncation_strategy)
     train_set, report = spec.encode(train_items, processor, desc="encoding train", **limits)
     if d.streaming:
-        train_set = StreamingEncoded(d.dataset, processor, system=d.system, text=spec.text, **limits)
+        train_set = StreamingEncoded(d.dataset, processor, system=d.system, text=spec.text, preprocess=preprocess,
+                                     **limits)
         report = train_set.report
     val_set, val_report = spec.encode(val_items, processor, desc="encoding val", **limits)
     report.skipped.update({f"{k} (val)": v for k, v in val_report.skipped.items()})

@@ -12,18 +12,16 @@ sequence included), ``completion_lengths`` (their counts) and ``messages`` (the 
 and model turns).
 ``None`` means "does not apply to this sample" and counts as 0 after weighting.
 A file passed with ``--external_plugins my_rewards.py`` makes each of its public functions usable by
-name in ``--reward_funcs`` (and, for multi-turn rollouts, in ``--multi_turn_scheduler``).
+name in ``--reward_funcs`` (and, for multi-turn rollouts, in ``--multi_turn_scheduler``), and so are the rewards
+its ``register(plugin)`` names (tailorkit/plugins.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -32,6 +30,7 @@ from ..data.encode import encode
 from ..data.formats import Conversation
 from ..errors import ConfigError
 from ..models.value_head import load_reward_model, sequence_scores
+from ..plugins import load_plugins as plugin_files
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -74,22 +73,9 @@ def make_soft_overlong(max_length: int, cache_length: int) -> Callable:
 
 
 def load_plugins(paths: list[str]) -> dict[str, Callable]:
-    """Public functions of each plugin file, by name."""
-    found: dict[str, Callable] = {}
-    for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"external_plugins: {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"tailorkit_plugin_{p.stem}", p)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:  # a user's file: report any failure with its path
-            raise ConfigError(f"external_plugins: importing {path} failed: {type(e).__name__}: {e}") from e
-        for name, fn in vars(module).items():
-            if inspect.isfunction(fn) and not name.startswith("_") and fn.__module__ == module.__name__:
-                found[name] = fn
-    return found
+    """The functions of the --external_plugins files by name: their public functions and the rewards their
+    ``register(plugin)`` names (the one plugin loader, tailorkit/plugins.py)."""
+    return plugin_files(paths).functions
 
 
 class RewardModelScorer:

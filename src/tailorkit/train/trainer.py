@@ -301,13 +301,16 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
     t = cfg.train
     dtype = resolve_dtype(cfg.model.torch_dtype)  # "auto" is bf16 on a GPU that has it: autocast then too
     eval_steps = t.eval_steps or t.save_steps
+    engine = engine_arguments(cfg.dist, t)
+    engine["save_only_model"] = t.save_only_model or engine["save_only_model"]  # FSDP by hand forces it
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         **_checkpointing_arguments(TrainingArguments, t),
-        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps or t.warmup_ratio,
+        **({"optim": t.optim} if t.optim else {}), optim_args=t.optim_args, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
@@ -321,7 +324,8 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         accelerator_config={"dispatch_batches": False},
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         use_liger_kernel=t.use_liger_kernel,
-        **engine_arguments(cfg.dist, t),
+        **engine,
+        **t.trainer_args,  # further TrainingArguments fields, checked by config/trainer_args.py
     )
 
 

@@ -175,6 +175,9 @@ def _add_full_modules(model, plan: Plan, out: Path, state_dict: dict | None) -> 
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
+_PEFT_PREFIX = "base_model.model."
+
+
 def _save_shipped_adapters(model, out: Path, state_dict: dict | None) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -184,5 +187,8 @@ def _save_shipped_adapters(model, out: Path, state_dict: dict | None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(folder))
         state = get_peft_model_state_dict(model, state_dict=state_dict, adapter_name=name)
+        # the shipped folders' own key format (peft's, as transformers' save_peft_format writes it), so the saved
+        # folder replaces the model's own with PeftModel as well as with load_adapter
+        state = {k if k.startswith(_PEFT_PREFIX) else _PEFT_PREFIX + k: v for k, v in state.items()}
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                   folder / "adapter_model.safetensors", metadata={"format": "pt"})
