@@ -77,7 +77,12 @@ def test_report_to_wandb_offline_writes_a_local_run(tiny_text_dir, tmp_path, mon
     monkeypatch.setenv("WANDB_MODE", "offline")  # the user's choice; tests never reach the network
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    sft(_cfg(tiny_text_dir, tmp_path, report_to=["wandb"]))
+    import wandb
+
+    try:
+        sft(_cfg(tiny_text_dir, tmp_path, report_to=["wandb"]))
+    finally:
+        wandb.teardown()  # stop wandb's background service now, not when pytest exits
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
 

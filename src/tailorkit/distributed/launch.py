@@ -98,7 +98,7 @@ def _as_one_process() -> None:
     import socket
 
     with socket.socket() as s:
-        s.bind(("", 0))  # every address, as the rendezvous store binds: free there, not just on loopback
+        s.bind(("127.0.0.1", 0))  # the store's address (MASTER_ADDR below)
         port = str(s.getsockname()[1])
     for var, value in {**_ONE_PROCESS, "MASTER_PORT": port}.items():
         if var not in os.environ:
