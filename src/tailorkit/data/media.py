@@ -170,11 +170,18 @@ def video_bytes(src, base_dir: str | None, where: dict) -> tuple[bytes, str]:
     return data, shown_source(src)
 
 
-def count_frames(container, stream) -> int:
-    """Frames of a video stream whose header does not count them: decoded and counted, then rewound."""
-    total = sum(1 for _ in container.decode(stream))
-    container.seek(0)
-    return total
+def video_stream(container, shown: str, where: dict):
+    """(the first video stream of an open PyAV container, its frame rate or None, its number of frames); a
+    header that does not count the frames has them decoded and counted, then the container is rewound."""
+    if not container.streams.video:
+        raise DataError(f"video {shown} has no video stream", **where, fix="give a video file")
+    stream = container.streams.video[0]
+    rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+    total = stream.frames
+    if not total:
+        total = sum(1 for _ in container.decode(stream))
+        container.seek(0)
+    return stream, rate, total
 
 
 def _decode_video(data: bytes, shown: str, fps: float | None, max_frames: int | None, where: dict) -> Video:
@@ -182,11 +189,7 @@ def _decode_video(data: bytes, shown: str, fps: float | None, max_frames: int | 
 
     try:
         with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise DataError(f"video {shown} has no video stream", **where, fix="give a video file")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            total = stream.frames or count_frames(container, stream)
+            stream, rate, total = video_stream(container, shown, where)
             keep = sample_indices(total, rate, fps, max_frames)
             wanted, frames = set(keep), []
             for i, frame in enumerate(container.decode(stream)):

@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass
 
 from ..errors import DataError
-from .media import Video, count_frames, read_media_bytes, resolve_path, sample_indices, shown_source, video_bytes
+from .media import Video, read_media_bytes, resolve_path, sample_indices, shown_source, video_bytes, video_stream
 
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
@@ -91,11 +91,7 @@ def _video_header(data: bytes, shown: str, where: dict) -> tuple[int, float | No
 
     try:
         with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise DataError(f"video {shown} has no video stream", **where, fix="give a video file")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            total = stream.frames or count_frames(container, stream)
+            stream, rate, total = video_stream(container, shown, where)
             width, height = stream.codec_context.width, stream.codec_context.height
     except av.error.FFmpegError as e:
         raise DataError(f"cannot decode video {shown}: {e}", **where, fix="replace or remove the corrupt file") \
