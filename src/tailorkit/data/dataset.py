@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, TooLongError
-from .encode import Encoded, encode, encode_text
+from .encode import Encoded, encode_text, index, materialize
 from .fingerprint import feed_row
 from .formats import MEDIA_KINDS, Conversation, TextSample, parse_row, parse_text_row
 from .media import missing_media
@@ -138,13 +138,29 @@ def load_text_samples(specs: list[str], *, seed: int = 42) -> list[TextSample]:
 
 
 def _raise_collected(errors: list[DataError]) -> None:
+    error = collected_error(errors)
+    if error is not None:
+        raise error
+
+
+def collected_error(errors: list[DataError]) -> DataError | None:
+    """One error reporting all of ``errors`` (up to 10 listed), or None when there are none."""
     if not errors:
-        return
+        return None
     if len(errors) == 1:
-        raise errors[0]
+        return errors[0]
     shown = "\n  ".join(str(e) for e in errors[:MAX_LISTED_ERRORS])
     more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
-    raise DataError(f"{len(errors)} rows have problems:\n  {shown}{more}")
+    return DataError(f"{len(errors)} rows have problems:\n  {shown}{more}")
+
+
+def split_rows(items: list, ratio: float, seed: int) -> tuple[list, list]:
+    """(rest, held out): a seeded ``ratio`` of the rows (at least one) held out for validation."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(items) * ratio)))
+    val_idx = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val_idx], [items[i] for i in sorted(val_idx)]
 
 
 @dataclass
@@ -180,14 +196,16 @@ def encode_all(items: list, processor, *, max_length: int, truncation: str, desc
     return out, report
 
 
-def encode_one(item, processor, *, max_length: int, truncation: str, report: EncodeReport, encoder=None
-               ) -> Encoded | None:
+def encode_one(item, processor, *, max_length: int, truncation: str, report: EncodeReport, encoder=None,
+               media: bool = True) -> Encoded | None:
     """One sample encoded under the truncation strategy, or None when it is skipped (counted in ``report``).
 
-    ``encoder(item, processor, max_length=...)`` raises TooLongError over the limit; the default encodes a
-    Conversation (``encode``) or a pre-training TextSample (``encode_text``).
+    ``encoder(item, processor, max_length=...)`` indexes the sample (``encode.index``'s contract: no media
+    loaded) and raises TooLongError over the limit; the default indexes a Conversation (``index``) or a
+    pre-training TextSample (``encode_text``). ``media=False`` returns the sample indexed, its media still
+    to load (``encode.materialize``), as the encoded-data cache keeps it.
     """
-    encoder = encoder or (_encode_text_sample if isinstance(item, TextSample) else encode)
+    encoder = encoder or (_encode_text_sample if isinstance(item, TextSample) else index)
     limit = None if truncation in ("left", "right") else max_length
     try:
         enc = encoder(item, processor, max_length=limit)
@@ -203,7 +221,7 @@ def encode_one(item, processor, *, max_length: int, truncation: str, report: Enc
             return None
         report.truncated += 1
         enc = cut
-    return enc
+    return materialize(enc, processor) if media else enc
 
 
 def _encode_text_sample(sample: TextSample, processor, *, max_length: int | None) -> Encoded:

@@ -181,11 +181,21 @@ def index(conv: Conversation, processor, *, max_length: int | None = None) -> En
 
     The result's ``pending`` says what ``materialize`` loads; it is None when nothing needs loading.
     """
+    return _index(conv, processor, max_length, generation_prompt=False)
+
+
+def index_prompt(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
+    """``index`` of the conversation's prompt (the generation prompt added, nothing supervised): what
+    ``materialize`` turns into ``encode_prompt``'s tokens."""
+    return _index(conv, processor, max_length, generation_prompt=True)
+
+
+def _index(conv: Conversation, processor, max_length: int | None, *, generation_prompt: bool) -> Encoded:
     exp = expander_for(processor, lambda msgs: render(processor, msgs, False), _run)
     shapes = media_shapes(conv, processor)
-    texts, turns = [render_conversation(processor, conv, conv.messages, False)], []
+    texts, turns = [render_conversation(processor, conv, conv.messages, generation_prompt)], []
     for i, msg in enumerate(conv.messages):
-        if msg["role"] == "assistant":
+        if msg["role"] == "assistant" and not generation_prompt:
             turns.append(i)
             texts += [render_conversation(processor, conv, conv.messages[:i], True),
                       render_conversation(processor, conv, conv.messages[: i + 1], False)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,37 +148,59 @@ def _shallowest(names: list[str], wanted: tuple[str, ...], exclude: tuple[str, .
     return ()
 
 
-def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
-    """Load model, processor and family for ``args.model`` (a hub id or a local directory).
-
-    ``load_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config``).
-    """
-    import transformers
-    from transformers import AutoConfig
-
+def model_config(args: ModelArgs):
+    """The model's transformers config (read once per model and process: every check before loading reuses it)."""
     path = args.model
     if path is None:
         raise ModelError("no model given")
     if Path(path).exists() and not (Path(path) / "config.json").is_file():
         raise ModelError(f"{path} has no config.json; point --model at a saved model directory")
+    stamp = (Path(path) / "config.json").stat().st_mtime_ns if Path(path).is_dir() else None
+    return _config(path, args.trust_remote_code, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _config(path: str, trust_remote_code: bool, stamp: int | None):  # ``stamp``: a rewritten config reads anew
+    from transformers import AutoConfig
+
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a model config from {path}: {e}") from None
+
+
+def bundle_processor(args: ModelArgs):
+    """The processor ``load_bundle`` gives the model (family template patch, media budget, agent template),
+    loaded without the weights: data is encoded with it before any weights load."""
+    config = model_config(args)
     family = detect_family(config, args.model_type)
     if family is not None and family.trust_remote_code and not args.trust_remote_code:
-        raise ModelError(f"{path} is a {family.name} model, which exists only as remote code; pass "
+        raise ModelError(f"{args.model} is a {family.name} model, which exists only as remote code; pass "
                          "--trust_remote_code true after reading the model's code")
-    processor = load_processor(path, args.trust_remote_code, family.chat_template if family else None)
+    processor = load_processor(args.model, args.trust_remote_code, family.chat_template if family else None)
     apply_media_budget(processor, args)
     apply_agent_template(processor, args.agent_template)
+    return processor
+
+
+def load_bundle(args: ModelArgs, processor=None, **load_kwargs) -> ModelBundle:
+    """Load model, processor and family for ``args.model`` (a hub id or a local directory).
+
+    ``processor``: the one ``bundle_processor`` gave (loaded again when None). ``load_kwargs`` go to
+    ``from_pretrained`` (e.g. a ``quantization_config``).
+    """
+    import transformers
+
+    config = model_config(args)
+    family = detect_family(config, args.model_type)
+    processor = processor if processor is not None else bundle_processor(args)
     auto_name = family.auto_class if family is not None else auto_class_for(config)
     auto = getattr(transformers, auto_name)
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code)
     if args.attn_impl:
         kwargs["attn_implementation"] = args.attn_impl
     kwargs.update(load_kwargs)
-    model = auto.from_pretrained(path, **kwargs)
+    model = auto.from_pretrained(args.model, **kwargs)
     if family is None:
         family = infer_family(model, config, auto_name)
     check_module_map(model, family)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ..config.train import SftConfig
 from ..data.collate import Collator
-from ..data.encode import Encoded
-from ..data.packing import FlatCollator, PackReport, pack, to_segments
+from ..data.packing import FlatCollator, PackedSet, PackReport, pack, pack_indices, rope_index_fn, to_segments
 from ..errors import ConfigError
 from .attention import use_packed_attention
 
@@ -25,38 +24,44 @@ def check_batching(cfg: SftConfig) -> None:
 
 def check_family_packs(cfg: SftConfig) -> None:
     """Refuse --packing/--padding_free for a registered family that declares it cannot pack exactly."""
-    from transformers import AutoConfig
-
-    from ..models.load import detect_family
+    from ..models.load import detect_family, model_config
 
     m = cfg.model
     if m.model is None:  # load_bundle says so
         return
-    config = AutoConfig.from_pretrained(m.model, trust_remote_code=m.trust_remote_code)
-    family = detect_family(config, m.model_type)
+    family = detect_family(model_config(m), m.model_type)
     if family is not None and family.packing_refusal:
         flag = "--packing" if cfg.data.packing else "--padding_free"
         raise ConfigError(f"{flag} is not supported for the {family.name} family: {family.packing_refusal}; "
                           f"train it with padded batches (drop {flag})")
 
 
-def train_batches(cfg: SftConfig, model, train_set: list[Encoded], pad_token_id: int):
+def train_batches(cfg: SftConfig, model, train_set, pad_token_id: int):
     """(train items, collator, pack report or None) for the configured batching.
 
-    With packing or padding-free the model switches to segment-aware attention (see
+    ``train_set``: an ``EncodedSet`` (packed by its lengths; samples load per batch) or a list of Encoded
+    samples. With packing or padding-free the model switches to segment-aware attention (see
     ``train.attention``), which keeps packed samples isolated whatever ``use_cache`` is set to.
     """
     d = cfg.data
     if not (d.packing or d.padding_free):
         return train_set, Collator(pad_token_id), None
     name = use_packed_attention(model, cfg.model.attn_impl)
-    segments = to_segments(train_set, model)
+    capacity = d.packing_length or d.max_length
     report: PackReport | None = None
-    items: list = segments
-    if d.packing:
-        items, report = pack(segments, d.packing_length or d.max_length, truncation=d.truncation_strategy)
+    if isinstance(train_set, list):
+        items: list = to_segments(train_set, model)
+        if d.packing:
+            items, report = pack(items, capacity, truncation=d.truncation_strategy)
+        collator = FlatCollator(pad_token_id)
+    else:
+        packs = None
+        if d.packing:
+            packs, report = pack_indices(train_set.lengths, capacity, truncation=d.truncation_strategy)
+        items, collator = PackedSet(train_set, packs), FlatCollator(pad_token_id, rope_index_fn(model))
+    if report is not None:
         print(f"[tailorkit] {report.summary()}")
-        if not items:
+        if not len(items):
             raise ConfigError("no training sample is left after packing")
     print(f"[tailorkit] {'packing' if d.packing else 'padding-free'} batches with attention {name}")
-    return items, FlatCollator(pad_token_id), report
+    return items, collator, report

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from ..config.rlhf import RlhfConfig
 from ..config.train import ModelArgs, SftConfig, TunerArgs
 from ..data.collate import Collator
-from ..data.dataset import encode_all, load_conversations, load_text_samples
-from ..data.preference import (KtoCollator, PairCollator, encode_kto_all, encode_pair, encode_prompt_sample,
-                               load_rows, parse_kto_row, parse_preference_row, parse_prompt_row, prompt_collate)
+from ..data.build import RowKind
+from ..data.dataset import encode_all, encode_one, load_conversations, load_text_samples
+from ..data.formats import parse_row, parse_text_row
+from ..data.preference import (KtoCollator, PairCollator, convs_of, encode_kto, encode_kto_all, encode_pair,
+                               encode_prompt_sample, kto_pairs, load_rows, parse_kto_row, parse_preference_row,
+                               parse_prompt_row, prompt_collate, warn_one_label)
 from ..errors import ConfigError, ModelError
-from ..models.load import ModelBundle, check_module_map, load_bundle, load_processor, resolve_dtype, resolve_family
+from ..models.load import ModelBundle, check_module_map, load_bundle, model_config, resolve_dtype, resolve_family
 from ..tuners.plan import Plan
 from ..tuners.quant import plan_load_kwargs
 from .algorithm import Algorithm, SftAlgorithm
@@ -31,22 +34,20 @@ from .rewards import build_rewards
 
 # ---- models, tuners, references -----------------------------------------------------------------------------
 
-def load_policy(cfg: SftConfig) -> ModelBundle:
-    """The model to train, loaded as its tuner plan needs (quantized for QLoRA)."""
-    return load_bundle(cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
+def load_policy(cfg: SftConfig, processor) -> ModelBundle:
+    """The model to train, loaded as its tuner plan needs (quantized for QLoRA), with ``processor`` (the one
+    ``models.load.bundle_processor`` gave, which encoded the data)."""
+    return load_bundle(cfg.model, processor, **plan_load_kwargs(cfg.model, cfg.tuner))
 
 
-def load_reward_bundle(cfg: SftConfig) -> ModelBundle:
+def load_reward_bundle(cfg: SftConfig, processor) -> ModelBundle:
     """The LLM with a one-output sequence-classification head (``score``), saved in standard HF format."""
     import transformers
-    from transformers import AutoConfig
 
     args = cfg.model
-    config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    family = resolve_family(config, args.model_type, args.trust_remote_code)
+    family = resolve_family(model_config(args), args.model_type, args.trust_remote_code)
     if family.is_multimodal:
         raise ConfigError(f"rlhf_type rm supports text models in this version; {family.name} is multimodal")
-    processor = load_processor(args.model, args.trust_remote_code, family.chat_template)
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code, num_labels=1)
     if args.attn_impl:
         kwargs["attn_implementation"] = args.attn_impl
@@ -106,8 +107,7 @@ def load_kto_rows(specs: list[str], *, system: str | None, seed: int) -> list:
     """KTO rows (a conversation and a boolean label), with a warning when all labels agree."""
     items = load_rows(specs, parse_kto_row, system=system, seed=seed)
     if len({s.label for s in items}) < 2:
-        print(f"[tailorkit] warning: every KTO sample of {', '.join(specs)} has the same label; KTO learns from "
-              "both kinds")
+        warn_one_label(", ".join(specs))
     return items
 
 
@@ -173,10 +173,11 @@ class Kind:
     # (items, processor, *, max_length, truncation, desc) -> (encoded items, EncodeReport), through data/'s encoder
     encode: Callable[..., tuple]
     collator: Callable[[int], Callable]  # pad token id -> the function that batches encoded items
+    rows: RowKind  # how a run reads and encodes its rows into the encoded-data cache (data/build.py)
     # (cfg, bundle, plan, reference) -> the object whose compute_loss the Trainer calls
     algorithm: Callable[..., Algorithm]
     text: bool = False  # rows are raw-text documents (pt); --streaming reads them as such
-    load_model: Callable[[SftConfig], ModelBundle] = load_policy  # cfg -> the model to train
+    load_model: Callable[..., ModelBundle] = load_policy  # (cfg, processor) -> the model to train
     tuner: Callable[[SftConfig], TunerArgs] = configured_tuner  # cfg -> the tuner settings to apply
     reference: Callable[[SftConfig, ModelBundle], ReferenceModel] = no_reference  # the reference policy, if any
 
@@ -185,20 +186,24 @@ def _pairs(name: str, algorithm: Callable, **kwargs) -> Kind:
     """A kind trained on chosen/rejected pairs."""
     return Kind(name, load=functools.partial(load_rows, parse=parse_preference_row),
                 encode=functools.partial(encode_all, encode_item=encode_pair), collator=PairCollator,
-                algorithm=algorithm, **kwargs)
+                rows=RowKind(parse_preference_row, encode_pair, convs_of=convs_of), algorithm=algorithm, **kwargs)
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("sft", load=load_conversations, encode=encode_all, collator=Collator, algorithm=sft_algorithm),
-    Kind("pt", load=load_text_rows, encode=encode_all, collator=Collator, algorithm=sft_algorithm, text=True),
+    Kind("sft", load=load_conversations, encode=encode_all, collator=Collator, rows=RowKind(parse_row, encode_one),
+         algorithm=sft_algorithm),
+    Kind("pt", load=load_text_rows, encode=encode_all, collator=Collator,
+         rows=RowKind(parse_text_row, encode_one, text=True), algorithm=sft_algorithm, text=True),
     _pairs("dpo", dpo_algorithm, reference=reference_policy),
     _pairs("orpo", reference_free_algorithm),
     _pairs("simpo", reference_free_algorithm),
     _pairs("cpo", reference_free_algorithm),
-    Kind("kto", load=load_kto_rows, encode=encode_kto_all, collator=KtoCollator, algorithm=kto_algorithm,
+    Kind("kto", load=load_kto_rows, encode=encode_kto_all, collator=KtoCollator,
+         rows=RowKind(parse_kto_row, encode_kto, convs_of=convs_of, pairing=kto_pairs), algorithm=kto_algorithm,
          reference=reference_policy),
     _pairs("rm", reward_model_algorithm, load_model=load_reward_bundle, tuner=reward_tuner),
     Kind("grpo", load=functools.partial(load_rows, parse=parse_prompt_row),
          encode=functools.partial(encode_all, encode_item=encode_prompt_sample), collator=unpadded,
+         rows=RowKind(parse_prompt_row, encode_prompt_sample, convs_of=convs_of),
          algorithm=grpo_algorithm, reference=reference_policy),
 )}

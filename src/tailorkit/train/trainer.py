@@ -120,15 +120,15 @@ class Trainer(transformers.Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         # --group_by_length: the base class reads lengths from dict rows only; ours are Encoded objects
-        # (and pairs, KTO samples, prompts), each with a len().
+        # (and pairs, KTO samples, prompts), each with a len(), or an encoded set that knows every length.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
+        if self.args.train_sampling_strategy == "group_by_length" and _has_lengths(dataset):
             return length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
         # As _get_train_sampler, for evaluation batches.
-        if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, list):
+        if self.args.train_sampling_strategy == "group_by_length" and _has_lengths(eval_dataset):
             return length_grouped(eval_dataset, self.args.eval_batch_size)
         return super()._get_eval_sampler(eval_dataset)
 
@@ -167,11 +167,17 @@ class Trainer(transformers.Trainer):
             writer.rotate(best=self.state.best_model_checkpoint)
 
 
-def length_grouped(dataset: list, batch_size: int):
-    """HF's LengthGroupedSampler over our items (objects, not dicts: it is handed their lengths)."""
+def _has_lengths(dataset) -> bool:
+    return isinstance(dataset, list) or hasattr(dataset, "lengths")
+
+
+def length_grouped(dataset, batch_size: int):
+    """HF's LengthGroupedSampler over our items (objects, not dicts: it is handed their lengths, which an
+    encoded set knows without loading any item)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    return LengthGroupedSampler(batch_size, lengths=[len(x) for x in dataset])
+    lengths = dataset.lengths.tolist() if hasattr(dataset, "lengths") else [len(x) for x in dataset]
+    return LengthGroupedSampler(batch_size, lengths=lengths)
 
 
 def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool = False):
