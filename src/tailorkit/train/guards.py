@@ -77,8 +77,17 @@ def make_guards(cfg: SftConfig, out: Path, resume: Path | None, train_set, write
                          after_batch=[alarms.observe_batch], restore_rng_at_first_batch=stream_resumed)
     if stream is not None and PartialState().num_processes == 1:
         # Count the streamed samples trained on: checkpoints record where they end in the stream.
-        hooks.after_batch.append(lambda inputs, loss: stream.consume(len(inputs["input_ids"])))
+        hooks.after_batch.append(lambda inputs, loss: stream.consume(samples_in(inputs)))
     return Guards(resume, cfg.train.resume_only_model, hooks.checkpoints, StopOnSignal(), alarms, progress, hooks)
+
+
+def samples_in(batch: dict) -> int:
+    """Samples in a training batch: its rows, or in a packed / padding-free row the number of position restarts."""
+    positions = batch.get("position_ids")
+    if positions is None or "attention_mask" in batch:
+        return len(batch["input_ids"])
+    text = positions[0] if positions.dim() == 3 else positions  # mRoPE rows: the text positions come first
+    return int((text == 0).sum())
 
 
 def _resume_stream(cfg: SftConfig, resume: Path, stream: StreamingEncoded) -> bool:

@@ -196,7 +196,8 @@ def encode_rows(cfg: SftConfig, spec: Kind, processor):
     if d.streaming:
         preflight_stream(d.dataset, system=d.system, text=spec.text)
         train_set = StreamingEncoded(d.dataset, processor, system=d.system, text=spec.text,
-                                     max_length=d.max_length, truncation=d.truncation_strategy)
+                                     max_length=d.max_length, truncation=d.truncation_strategy,
+                                     packing_length=(d.packing_length or d.max_length) if d.packing else None)
         report.skipped.update(train_set.report.skipped)
         train_set.report = report
     print(f"[tailorkit] {report.summary()}; {len(val_set)} validation samples")
