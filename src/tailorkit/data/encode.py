@@ -193,20 +193,20 @@ def index_prompt(conv: Conversation, processor, *, max_length: int | None = None
 def _index(conv: Conversation, processor, max_length: int | None, *, generation_prompt: bool) -> Encoded:
     exp = expander_for(processor, lambda msgs: render(processor, msgs, False), _run)
     shapes = media_shapes(conv, processor)
-    texts, turns = [render_conversation(processor, conv, conv.messages, generation_prompt)], []
+    full = render_conversation(processor, conv, conv.messages, generation_prompt)
+    texts, turns = [exp.splice(full, shapes, conv)], []  # the conversation, then the prefixes around each reply
     for i, msg in enumerate(conv.messages):
         if msg["role"] == "assistant" and not generation_prompt:
             turns.append(i)
-            texts += [render_conversation(processor, conv, conv.messages[:i], True),
-                      render_conversation(processor, conv, conv.messages[: i + 1], False)]
-    spliced = [exp.splice(texts[0], shapes, conv)]
-    for i in turns:
-        for upto in (conv.messages[:i], conv.messages[: i + 1]):
-            spliced.append(exp.splice(texts[len(spliced)], _shapes_in(shapes, upto), conv))
+            for upto, prompt in ((conv.messages[:i], True), (conv.messages[: i + 1], False)):
+                if len(upto) < len(conv.messages) or prompt:  # through the last turn: the conversation itself
+                    texts.append(exp.splice(render_conversation(processor, conv, upto, prompt),
+                                            _shapes_in(shapes, upto), conv))
     tok = getattr(processor, "tokenizer", processor)
-    all_ids = tok(spliced, add_special_tokens=False)["input_ids"]
+    all_ids = tok(texts, add_special_tokens=False)["input_ids"]
     ids = list(all_ids[0])
     labels = [IGNORE] * len(ids)
+    all_ids.append(ids)  # the last reply's end, where the conversation is its own prefix
     for k in range(len(turns)):
         start = _prefix_len(all_ids[1 + 2 * k], ids, conv)
         end = _prefix_len(all_ids[2 + 2 * k], ids, conv)
@@ -217,7 +217,7 @@ def _index(conv: Conversation, processor, max_length: int | None, *, generation_
     labels = [IGNORE if t in media_ids else x for t, x in zip(ids, labels)]
     pending = None
     if shapes or exp.text_needs_processor():
-        pending = Pending(texts[0], list(conv.images), list(conv.videos), list(conv.audios), conv.base_dir,
+        pending = Pending(full, list(conv.images), list(conv.videos), list(conv.audios), conv.base_dir,
                           conv.source, conv.line)
     return check_length(Encoded(input_ids=ids, labels=labels, pending=pending), max_length, conv.source, conv.line,
                         "messages")
