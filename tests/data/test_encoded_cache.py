@@ -163,3 +163,16 @@ def test_default_cache_is_under_hf_home_not_the_data_folder(tiny_text_dir, tmp_p
     assert default_cache_dir() == tmp_path / "hf" / "tailorkit" / "encoded"
     assert train.store.folder.parent.parent == default_cache_dir()
     assert sorted(p.name for p in data_dir.iterdir()) == before  # nothing written next to the user's data
+
+
+def test_a_dataset_without_a_digest_is_encoded_for_this_run_only(tiny_text_dir, tmp_path, monkeypatch, capsys):
+    import tailorkit.data.build as build
+
+    data = write_jsonl(tmp_path / "data.jsonl", rows(3))
+    monkeypatch.setattr(build, "data_digest", lambda spec: None)  # as for a hub id
+    train, _, report = _sets(_request(data, tmp_path / "cache"), tiny_text_dir)
+    assert report.kept == 3 and len(train) == 3 and train[2].input_ids
+    assert "not cached" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    again, _, _ = _sets(_request(data, tmp_path / "cache"), tiny_text_dir)
+    assert again.fingerprint() == train.fingerprint()  # a resume compares the encoded arrays themselves

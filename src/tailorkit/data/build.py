@@ -15,6 +15,7 @@ processor, template or setting is encoded anew. Encoding a cold cache:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -22,7 +23,6 @@ import pickle
 import shutil
 import tempfile
 import time
-import weakref
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -289,9 +289,17 @@ def encoded_sets(request: EncodeRequest, kind: RowKind, processor) -> tuple[Enco
     report = _report(train.meta["report"])
     val_report = _report(val.meta["report"])
     report.skipped.update({f"{k} (val)": v for k, v in val_report.skipped.items()})
-    fingerprint = key or folder.name
+    fingerprint = key or _content_digest(folder)  # without a key: the encoded arrays themselves
     return (EncodedSet(train, processor, fingerprint + ":train"), EncodedSet(val, processor, fingerprint + ":val"),
             report)
+
+
+def _content_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for part in ("train", "val"):
+        for name in ("ids.bin", "labels.bin", "units.npy", "items.npy", "skeletons.bin"):
+            file_digest(folder / part / name, h)
+    return h.hexdigest()
 
 
 def _report(saved: dict) -> EncodeReport:
@@ -316,10 +324,9 @@ def _build(request: EncodeRequest, kind: RowKind, processor, root: Path, key: st
     seconds = time.perf_counter() - t0
     print(f"[tailorkit] encoded {rows} rows in {seconds:.1f} s ({rows / max(seconds, 1e-9):.0f} rows/s, "
           f"--dataset_num_proc {request.num_proc})")
-    if not cached:
-        weakref.finalize(staging, shutil.rmtree, str(staging), True)
-        if key is None:
-            print("[tailorkit] a dataset has no file to digest (a hub id): its encoding is not cached")
+    if not cached:  # a hub dataset: encoded for this process only
+        atexit.register(shutil.rmtree, str(staging), True)
+        print("[tailorkit] a dataset has no file to digest (a hub id): its encoding is not cached")
         return staging
     final = root / key
     if final.exists():
