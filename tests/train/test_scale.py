@@ -50,7 +50,6 @@ def test_peak_rss_of_20k_rows_within_10_percent_of_1k(tiny_text_dir, tmp_path):
                                 tmp_path / "cache"))
     large = run_child(*sft_args(tiny_text_dir, write_rows(tmp_path / "20k.jsonl", 20000), tmp_path / "b",
                                 tmp_path / "cache"))
-    print(small, large)
     assert large["peak_rss_mib"] <= 1.10 * small["peak_rss_mib"], (small, large)
 
 
@@ -61,3 +60,26 @@ def test_a_lora_run_imports_no_quantization_rl_or_server_stack_and_help_imports_
     assert not {"bitsandbytes", "trl", "fastapi", "uvicorn", "gradio", "datasets"} & set(trained["imported"])
     helped = run_child("--help")
     assert helped["imported"] == []
+
+
+@pytest.mark.slow
+def test_images_are_decoded_in_data_loader_workers(tiny_vl_dir, tmp_path):
+    """Nothing but token arrays before step 1; the workers decode and process each batch's images."""
+    from PIL import Image
+
+    from tailorkit.cli import parse
+    from tailorkit.train.sft import sft
+
+    for k, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (56 + 28 * k, 56), colour).save(tmp_path / f"{k}.png")
+    rows = [{"messages": [{"role": "user", "content": "<image>What colour is the shape?"},
+                          {"role": "assistant", "content": ("red", "blue")[i % 2]}], "images": [f"{i % 2}.png"]}
+            for i in range(8)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = sft(parse("sft", ["--model", str(tiny_vl_dir), "--dataset", str(tmp_path / "data.jsonl"),
+                               "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--torch_dtype", "float32",
+                               "--per_device_train_batch_size", "2", "--dataloader_num_workers", "2",
+                               "--save_strategy", "no", "--logging_steps", "1"]))
+    losses = [h["loss"] for h in result.log_history if "loss" in h]
+    assert len(losses) == 2 and all(0 < x < 100 for x in losses)
+    assert result.summary.tokens_seen > 4 * 8  # image tokens included

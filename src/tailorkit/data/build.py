@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .dataset import EncodeReport, collected_error, iter_conversations, iter_text_samples, sample_rows, split_rows
 from .encoded_set import EncodedSet
 from .expand import settings_digest
@@ -353,8 +353,3 @@ def _encode_all(request: EncodeRequest, kind: RowKind, processor, staging: Path)
         return len(train) + len(val)
     finally:
         spill.discard()
-
-
-def check_not_empty(train: EncodedSet) -> None:
-    if len(train) == 0:
-        raise ConfigError("no training sample is left after encoding")

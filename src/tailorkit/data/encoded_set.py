@@ -50,10 +50,6 @@ class EncodedSet(torch.utils.data.Dataset):
     def _at(self, i: int) -> int:
         return int(i if self.order is None else self.order[i])
 
-    def indexed(self, i: int):
-        """Item ``i`` with its media not loaded (token ids, labels and lengths are all there)."""
-        return self.store.item(self._at(i))
-
     @property
     def lengths(self) -> np.ndarray:
         """Encoded length of every item (a pair's: the longer side), media tokens included."""

@@ -49,15 +49,13 @@ class StoreWriter:
         self.unit_offsets = array("q", [0])
         self.pending = _Blobs(self.folder / "pending.bin")
         self.skeletons = _Blobs(self.folder / "skeletons.bin")
-        self.item_units, self.lengths, self.width = array("q"), array("i"), None
+        self.item_units, self.lengths = array("q"), array("i")
 
     def add(self, item) -> None:
         """Append one encoded item (an ``Encoded`` or a dataclass whose ``Encoded`` fields are its units)."""
         names = [] if isinstance(item, Encoded) else [f.name for f in dataclasses.fields(item)
                                                       if isinstance(getattr(item, f.name), Encoded)]
         units = [item] if isinstance(item, Encoded) else [getattr(item, n) for n in names]
-        if self.width is None:
-            self.width = len(units)
         for unit in units:
             self.item_units.append(len(self.unit_offsets) - 1)
             self._add_unit(unit)
