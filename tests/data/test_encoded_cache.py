@@ -176,3 +176,18 @@ def test_a_dataset_without_a_digest_is_encoded_for_this_run_only(tiny_text_dir, 
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     again, _, _ = _sets(_request(data, tmp_path / "cache"), tiny_text_dir)
     assert again.fingerprint() == train.fingerprint()  # a resume compares the encoded arrays themselves
+
+
+def test_packs_of_an_encoded_set_load_their_members_and_know_their_lengths(tiny_text_dir, tmp_path):
+    from tailorkit.data.packing import PackedSet, pack_indices
+
+    data = write_jsonl(tmp_path / "data.jsonl", rows(20))
+    train, _, _ = _sets(_request(data, tmp_path / "cache"), tiny_text_dir)
+    packs, report = pack_indices(train.lengths, 128)
+    packed, single = PackedSet(train, packs), PackedSet(train)
+    assert report.samples_out == 20 and len(packed) == report.packs < 20 and len(single) == 20
+    for k in range(len(packed)):
+        members = packed[k]
+        assert [m.input_ids for m in members] == [train[i].input_ids for i in packs[k]]
+        assert packed.lengths[k] == sum(len(m) for m in members) <= 128
+    assert single.lengths.tolist() == train.lengths.tolist()

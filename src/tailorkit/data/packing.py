@@ -123,6 +123,12 @@ class PackedSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens of each pack (what --group_by_length groups padding-free batches by)."""
+        return np.add.reduceat(np.asarray(self.data.lengths)[self.members], self.offsets[:-1]) if len(self) else \
+            np.zeros(0, dtype=np.int64)
+
     def __getitem__(self, i: int) -> list:
         if i < 0 or i >= len(self):
             raise IndexError(i)
