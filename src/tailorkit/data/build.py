@@ -329,8 +329,11 @@ def _build(request: EncodeRequest, kind: RowKind, processor, root: Path, key: st
         print("[tailorkit] a dataset has no file to digest (a hub id): its encoding is not cached")
         return staging
     final = root / key
-    if final.exists():
-        shutil.rmtree(final, ignore_errors=True)  # --load_from_cache_file false: this encoding replaces it
+    if (final / "done").is_file() and request.use_cache:  # another run cached the same encoding meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+        return final
+    if final.exists():  # --load_from_cache_file false: this encoding replaces it (runs reading it keep their files)
+        shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     print(f"[tailorkit] encoded data cached at {final}")
     return final

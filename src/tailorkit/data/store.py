@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import pickle
+import weakref
 from array import array
 from pathlib import Path
 
@@ -83,6 +84,11 @@ class StoreWriter:
         (f / "meta.json").write_text(json.dumps({"format": FORMAT, **meta}))
 
 
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def _memmap(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=np.int32)
@@ -99,7 +105,9 @@ class Store:
         load = lambda name: np.load(f / name, mmap_mode="r")  # noqa: E731
         self.unit_offsets, self.items, self.lengths = load("units.npy"), load("items.npy"), load("lengths.npy")
         self.pending_offsets, self.skeleton_offsets = load("pending.npy"), load("skeletons.npy")
-        self._files: dict[str, int] = {}  # blob files, opened on first use
+        # Open now: a running store keeps reading its files even if another run replaces the cache entry.
+        self._files = {name: os.open(f / name, os.O_RDONLY) for name in ("pending.bin", "skeletons.bin")}
+        weakref.finalize(self, _close_all, list(self._files.values()))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -124,8 +132,6 @@ class Store:
         a, b = int(offsets[k]), int(offsets[k + 1])
         if a == b:
             return b""
-        if name not in self._files:
-            self._files[name] = os.open(self.folder / name, os.O_RDONLY)
         return os.pread(self._files[name], b - a, a)  # no shared file position: safe in forked workers
 
     def __getstate__(self):  # a spawned data loader worker maps the files itself
