@@ -8,7 +8,11 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-LLM_ATTENTION = ("q_proj", "v_proj", "o_proj")
+from tailorkit.testing import LLM_ATTENTION, build_random_lora  # noqa: F401  (used by tests, and by bench/)
+
+VL_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What colour is the shape?<|im_end|>\n"
+             "<|im_start|>assistant\n")
+TEXT_PROMPT = "<|im_start|>user\nWhat colour is the sky?<|im_end|>\n<|im_start|>assistant\n"
 TEXT_PAIRS = [("Say red", "red"), ("Say blue", "blue"), ("Say green", "green"), ("Say yellow", "yellow")]
 
 
@@ -36,25 +40,6 @@ class ParamChangeRecorder(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.changed = {n: not torch.equal(self.before[n], p.detach()) for n, p in model.named_parameters()}
-
-
-def build_random_lora(model_dir: str | Path, out: str | Path, seed: int, rank: int = 4, alpha: int | None = None,
-                      target_modules=LLM_ATTENTION) -> Path:
-    """Save a peft LoRA adapter for ``model_dir`` with random (seeded, non-zero) A and B; returns ``out``.
-
-    Non-zero B makes adapters tell apart by their answers; default targets are the LLM attention.
-    """
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    multimodal = hasattr(AutoConfig.from_pretrained(model_dir), "vision_config")
-    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-    model = auto.from_pretrained(model_dir, dtype=torch.float32)
-    torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=alpha or 16 * rank, target_modules=target_modules,
-                        init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    return Path(out)
 
 
 def load_checkpoint(base_model_dir: str | Path, checkpoint: str | Path, auto_class: str, **kwargs):
@@ -87,3 +72,51 @@ def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float =
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate), w.writeframes(samples.tobytes())
     return path
+
+
+def vl_inputs(processor) -> dict:
+    """The tiny Qwen VL prompt with one drawn shape, as model inputs."""
+    import random
+
+    from tailorkit.demo.shapes import draw
+
+    image = draw("red", "circle", random.Random(0))
+    return dict(processor(text=[VL_PROMPT], images=[image], return_tensors="pt"))
+
+
+def text_inputs(tokenizer) -> dict:
+    return dict(tokenizer([TEXT_PROMPT], return_tensors="pt"))
+
+
+@torch.no_grad()
+def logits(model, inputs) -> torch.Tensor:
+    model.eval()
+    return model(**inputs, use_cache=False).logits.float()
+
+
+def prompt_conversation(with_image: bool):
+    """A one-turn prompt for inference engines: a question about a 56x56 green image, or a plain greeting."""
+    from PIL import Image
+
+    from tailorkit.data.formats import parse_row
+
+    content = "<image>What colour is the shape?" if with_image else "Hello!"
+    images = [Image.new("RGB", (56, 56), (0, 255, 0))] if with_image else []
+    return parse_row({"messages": [{"role": "user", "content": content}], "images": images}, need_reply=False)
+
+
+def hide_package(monkeypatch, name: str) -> None:
+    """Make importlib.util.find_spec report ``name`` as not installed (other packages unaffected)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda pkg, *a: None if pkg == name else real(pkg, *a))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -62,6 +62,11 @@ def _deploy_config():
     return DeployConfig
 
 
+def _export_config():
+    from .config.export import ExportConfig
+    return ExportConfig
+
+
 def _tiny_config():
     from .models.tiny_cli import TinyConfig
     return TinyConfig
@@ -110,6 +115,11 @@ def _deploy(cfg):
     return deploy(cfg)
 
 
+def _export(cfg):
+    from .export.run import export
+    return export(cfg)
+
+
 def _tiny(cfg):
     from .models.tiny_cli import tiny
     return tiny(cfg)
@@ -119,8 +129,8 @@ def _verbs() -> dict[str, Verb]:
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", _sft_config, _sft),
         "pt": Verb("continued pre-training on raw text (loss on every token)", _sft_config, _pt),
-        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), grpo",
-                     _rlhf_config, _rlhf),
+        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), ppo, gkd "
+                     "(distillation), grpo (and DAPO, RLOO, REINFORCE++, multi-turn)", _rlhf_config, _rlhf),
         "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", _demo_config,
                      _demo),
         "doctor": Verb("check model, processor and data (every row, media file and encoded length) and estimate "
@@ -132,6 +142,8 @@ def _verbs() -> dict[str, Verb]:
                      _eval),
         "deploy": Verb("serve an OpenAI-compatible API (127.0.0.1 by default; --api_key guards every endpoint)",
                        _deploy_config, _deploy),
+        "export": Verb("merge adapters into the base and/or quantize (gptq, awq, bnb, fp8); the export is reloaded "
+                       "and verified against the model in memory before it counts", _export_config, _export),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", _tiny_config, _tiny),
     }
 

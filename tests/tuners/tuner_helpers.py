@@ -7,15 +7,12 @@ from pathlib import Path
 
 import torch
 
+from helpers import logits, text_inputs, vl_inputs  # noqa: F401  (re-exported for the tuner tests)
+
 from tailorkit.config.train import SftConfig
 from tailorkit.config.loading import build_config
-from tailorkit.demo.shapes import draw
 from tailorkit.models.family import strip_peft_prefix
 from tailorkit.train.sft import sft
-
-VL_PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What colour is the shape?<|im_end|>\n"
-             "<|im_start|>assistant\n")
-TEXT_PROMPT = "<|im_start|>user\nWhat colour is the sky?<|im_end|>\n<|im_start|>assistant\n"
 
 
 def write_vl_data(folder: Path, n: int = 4) -> Path:
@@ -46,23 +43,6 @@ def manifest(out: Path) -> dict:
     data = json.loads((Path(out) / "trainable.json").read_text())
     data["by_component"] = {r["component"]: r for r in data["components"]}
     return data
-
-
-def vl_inputs(processor) -> dict:
-    import random
-
-    image = draw("red", "circle", random.Random(0))
-    return dict(processor(text=[VL_PROMPT], images=[image], return_tensors="pt"))
-
-
-def text_inputs(tokenizer) -> dict:
-    return dict(tokenizer([TEXT_PROMPT], return_tensors="pt"))
-
-
-@torch.no_grad()
-def logits(model, inputs) -> torch.Tensor:
-    model.eval()
-    return model(**inputs, use_cache=False).logits.float()
 
 
 def plain_params(model) -> dict[str, torch.Tensor]:

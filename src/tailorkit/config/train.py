@@ -174,6 +174,8 @@ class TrainArgs:
     alarm_patience: int = arg(5, "logging steps a loss must stay exactly constant (or 0) before it raises an alarm")
     deepspeed: str | None = arg(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
     group_by_length: bool = arg(False, "batch samples of similar length together (less padding; not with --packing)")
+    use_liger_kernel: bool = arg(False, "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
+                                 "cross-entropy) for the families Liger supports; needs a CUDA GPU and liger-kernel")
 
     def __post_init__(self):
         if isinstance(self.gradient_checkpointing_kwargs, str):
@@ -187,6 +189,8 @@ class TrainArgs:
             raise ConfigError(f"alarm_patience must be >= 1 logging step, got {self.alarm_patience}")
         if self.deepspeed is not None:
             _check_deepspeed(self.deepspeed)
+        if self.use_liger_kernel:
+            _check_liger()
         if self.eval_dataset and self.resolved_eval_strategy() == "no":
             raise ConfigError("--eval_dataset is scored at each evaluation: set --eval_strategy steps or epoch")
 
@@ -204,6 +208,18 @@ def _check_deepspeed(value: str) -> None:
                           "on this machine")
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(f"deepspeed={value!r} needs the deepspeed package: pip install 'tailorkit[gpu]'")
+
+
+def _check_liger() -> None:
+    import importlib.util
+
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and none "
+                          "is visible; drop --use_liger_kernel to train on this machine")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("--use_liger_kernel needs the liger-kernel package: pip install 'liger-kernel>=0.8.5' "
+                          "(or pip install 'tailorkit[gpu]')")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .expand import check_expansion, expander_for
 from .formats import MEDIA_KINDS, Conversation, TextSample, count_media
 from .media import at_rate, load_audio, load_image, load_video
 from .shapes import Shape, audio_shape, image_shape, video_shape
+from .special_tokens import check_conversation_text
 from .tools import renders_tools
 
 IGNORE = -100
@@ -165,6 +166,7 @@ def _run(processor, text: str, media: dict[str, list]) -> dict:
 def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
                   max_length: int | None = None) -> Encoded:
     """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
+    check_conversation_text(conv, processor)
     media = _media_of(conv, processor) if images is None else {"image": images, "video": [], "audio": []}
     text = render_conversation(processor, conv, conv.messages, add_generation_prompt=True)
     out = _run(processor, text, media)
@@ -191,6 +193,7 @@ def index_prompt(conv: Conversation, processor, *, max_length: int | None = None
 
 
 def _index(conv: Conversation, processor, max_length: int | None, *, generation_prompt: bool) -> Encoded:
+    check_conversation_text(conv, processor)
     exp = expander_for(processor, lambda msgs: render(processor, msgs, False), _run)
     shapes = media_shapes(conv, processor)
     full = render_conversation(processor, conv, conv.messages, generation_prompt)

@@ -19,11 +19,12 @@ from .store import Store
 
 
 def materialize_item(item, processor):
-    """``item`` (an Encoded, or a dataclass of Encoded fields) with every sample's media loaded."""
+    """``item`` (an Encoded, or a dataclass holding Encoded fields, at any depth) with every sample's media
+    loaded."""
     if isinstance(item, Encoded):
         return materialize(item, processor)
-    loaded = {f.name: materialize(getattr(item, f.name), processor) for f in dataclasses.fields(item)
-              if isinstance(getattr(item, f.name), Encoded)}
+    loaded = {f.name: materialize_item(getattr(item, f.name), processor) for f in dataclasses.fields(item)
+              if isinstance(getattr(item, f.name), Encoded) or dataclasses.is_dataclass(getattr(item, f.name))}
     return dataclasses.replace(item, **loaded)
 
 

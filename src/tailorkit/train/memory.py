@@ -106,9 +106,12 @@ def estimate_memory(config, family: Family, tuner: TunerArgs, train: TrainArgs, 
     total = sum(p.numel() for p in model.parameters())
     trainable = trainable_count(model, family, tuner)
     width = torch.finfo(dtype).bits // 8
-    # peft keeps LoRA matrices in fp32 (autocast_adapter_dtype); full training keeps the weights' dtype.
-    train_width = 4 if tuner.train_type == "lora" else width
+    # peft keeps LoRA matrices in fp32 (autocast_adapter_dtype); 16-bit training without DeepSpeed holds the
+    # trained weights in fp32 too (master weights, train/precision.py); DeepSpeed keeps them in the 16-bit dtype.
+    masters = width < 4 and not train.deepspeed and tuner.train_type != "lora"
+    train_width = 4 if tuner.train_type == "lora" or masters else width
     weights = total * width + (trainable * 4 if tuner.train_type == "lora" else 0)
+    weights += trainable * (4 - width) if masters else 0
     gradients = trainable * train_width
     optimizer = 2 * trainable * train_width
     stage = {"zero2": 2, "zero3": 3}.get(train.deepspeed or "", 0)

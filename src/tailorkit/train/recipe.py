@@ -32,6 +32,7 @@ from .callbacks import JsonlLogCallback, plot_loss
 from .checkpoint import last_checkpoint
 from .guards import Guards, make_guards, resume_point
 from .kinds import KINDS, Kind
+from .precision import prepare_precision
 from .summary import RunSummary, summarize
 from .trainer import Trainer, training_arguments
 
@@ -91,12 +92,13 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     set_seed(cfg.train.seed)
     bundle = spec.load_model(cfg, processor)
     reference = spec.reference(cfg, bundle)  # before the tuner: a frozen copy is of the untouched model
-    model, plan = apply_tuner(bundle, spec.tuner(cfg))
+    model, plan = apply_tuner(bundle, spec.tuner(cfg, bundle))
+    prepare_precision(cfg, model)  # fp32 master copies of trained weights under bf16/fp16
     trainable, total = count_parameters(model)
     print(f"[tailorkit] {kind} on {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
 
-    collator = spec.collator(bundle.tokenizer.pad_token_id)
+    collator = spec.collator(bundle.tokenizer.pad_token_id, cfg)
     reference.precompute([train_set, val_set], collator, model)
     algorithm = spec.algorithm(cfg, bundle, plan, reference)
 

@@ -8,6 +8,7 @@ our config meets ``transformers.TrainingArguments``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ import torch
 import transformers
 
 from ..config.train import SftConfig
+from ..errors import ConfigError
+from ..models.load import resolve_dtype
 from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import Plan
@@ -46,6 +49,7 @@ class Trainer(transformers.Trainer):
         self.tuner_plan = plan  # the plan tuners.adapters.apply_tuner applied to the model (None: no tuner)
         self.hooks = hooks or TrainerHooks()
         self._pending_rng = None
+        self._ready_twice: ReadyTwiceGuard | None = None
         # Make the base class count supervised tokens over the whole accumulation window (num_items_in_batch).
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
@@ -103,10 +107,28 @@ class Trainer(transformers.Trainer):
         if self._pending_rng is not None:
             checkpoint, self._pending_rng = self._pending_rng, None
             super()._load_rng_state(checkpoint)
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._ready_twice is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            self._ready_twice = ReadyTwiceGuard(model.module)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except RuntimeError as e:
+            if DDP_READY_TWICE in str(e):
+                raise ConfigError(DDP_READY_TWICE_FIX) from e
+            raise
+        if self._ready_twice is not None:
+            self._ready_twice.check()
         for hook in self.hooks.after_batch:
             hook(inputs, loss)
         return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation loss of every kind: the base class computes a loss only for batches with ``labels``, and
+        grpo's and ppo's prompt batches have none (their algorithm samples, scores and logs eval_reward)."""
+        if "labels" in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
     def load_weights_only(self, checkpoint: str) -> None:
         """--resume_only_model: the checkpoint's weights (full or adapter), without its optimizer, schedule or step.
@@ -123,8 +145,14 @@ class Trainer(transformers.Trainer):
         # (and pairs, KTO samples, prompts), each with a len(), or an encoded set that knows every length.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and _has_lengths(dataset):
-            return length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
-        return super()._get_train_sampler(train_dataset)
+            sampler = length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        else:
+            sampler = super()._get_train_sampler(train_dataset)
+        reuse = getattr(self.algorithm, "rollout_reuse", 1)  # grpo --num_iterations, ppo --num_ppo_epochs
+        if reuse > 1 and sampler is not None:
+            step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            sampler = RepeatSteps(sampler, step, reuse)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset):
         # As _get_train_sampler, for evaluation batches.
@@ -167,6 +195,65 @@ class Trainer(transformers.Trainer):
             writer.rotate(best=self.state.best_model_checkpoint)
 
 
+DDP_READY_TWICE = "mark a variable ready only once"
+DDP_READY_TWICE_FIX = (
+    "DDP saw a parameter's gradient twice in one backward pass ('Expected to mark a variable ready only once'). "
+    "Reentrant gradient checkpointing runs a separate backward per checkpointed forward, so two forward passes "
+    "over the same parameters before one backward (chosen and rejected run separately) mark them ready twice. "
+    "Fix: use non-reentrant checkpointing (--gradient_checkpointing_kwargs '{\"use_reentrant\": false}', the "
+    "default) or run chosen and rejected in one forward pass (--concatenated_forward true, the default)")
+
+
+class ReadyTwiceGuard:
+    """Under DDP, counts each trainable parameter's gradient accumulations per backward pass.
+
+    More than one means separate backward passes reached the parameter (reentrant checkpointing of two
+    forward passes): DDP either raises 'mark a variable ready only once' or, when every bucket was already
+    reduced after the first one, silently leaves the second contribution un-synchronised, so the processes'
+    weights drift apart. Both end here with the same error.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.counts: dict[str, int] = {}
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(functools.partial(self._count, name))
+
+    def _count(self, name: str, _param) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def check(self) -> None:
+        """After a micro-batch's backward: raise if any parameter's gradient arrived twice, then start over."""
+        twice = sorted(n for n, c in self.counts.items() if c > 1)
+        self.counts.clear()
+        if twice:
+            raise ConfigError(f"{DDP_READY_TWICE_FIX} [{len(twice)} parameters, e.g. {twice[0]}]")
+
+
+class RepeatSteps(torch.utils.data.Sampler):
+    """Each optimizer step's indices (``step`` of them, all processes together) yielded ``times`` times in a row,
+    so a rollout made at the first repetition trains the following ones on the same prompts."""
+
+    def __init__(self, sampler, step: int, times: int):
+        self.sampler, self.step, self.times = sampler, step, times
+
+    def __iter__(self):
+        chunk = []
+        for index in self.sampler:
+            chunk.append(index)
+            if len(chunk) == self.step:
+                yield from chunk * self.times
+                chunk = []
+        yield from chunk * self.times
+
+    def __len__(self) -> int:
+        return len(self.sampler) * self.times
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 def _has_lengths(dataset) -> bool:
     return isinstance(dataset, list) or hasattr(dataset, "lengths")
 
@@ -188,21 +275,20 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
     from transformers import TrainingArguments
 
     t = cfg.train
-    dtype = cfg.model.torch_dtype
+    dtype = resolve_dtype(cfg.model.torch_dtype)  # "auto" is bf16 on a GPU that has it: autocast then too
     eval_steps = t.eval_steps or t.save_steps
     return TrainingArguments(
         output_dir=t.output_dir, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs=t.gradient_checkpointing_kwargs,
+        **_checkpointing_arguments(TrainingArguments, t),
         lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy=t.save_strategy,
         save_steps=t.save_steps, save_total_limit=None,  # applied by train/checkpoint.py (keeps newest, best)
         seed=t.seed, report_to=t.report_to, include_num_input_tokens_seen="non_padding",
         eval_strategy=t.resolved_eval_strategy() if has_eval else "no",
-        eval_steps=eval_steps if has_eval else None, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        eval_steps=eval_steps if has_eval else None, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed_config(t.deepspeed),
         ddp_find_unused_parameters=False, save_only_model=False, ignore_data_skip=ignore_data_skip,
@@ -211,7 +297,18 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         # which cuts media tensors (pixel_values rows are patches, not samples)
         accelerator_config={"dispatch_batches": False},
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_liger_kernel=t.use_liger_kernel,
     )
+
+
+def _checkpointing_arguments(arguments_class, t) -> dict:
+    """Activation checkpointing under the name this transformers takes: ``activation_checkpointing`` since 5.2x,
+    ``gradient_checkpointing`` before (and a deprecated alias after, which warns)."""
+    from dataclasses import fields
+
+    prefix = "activation" if "activation_checkpointing" in {f.name for f in fields(arguments_class)} else "gradient"
+    return {f"{prefix}_checkpointing": t.gradient_checkpointing,
+            f"{prefix}_checkpointing_kwargs": t.gradient_checkpointing_kwargs}
 
 
 DEEPSPEED_PRESETS = {
