@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .config.fields import concern_fields
 from .config.loading import aliases, base_type, build_config, read_yaml, suggest
+from .distributed.launch import relaunch
 from .errors import TailorkitError
 from .startup import skip_unused_imports
 
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = parse(verb, rest, verbs[verb])
+        relaunch(argv)  # NPROC_PER_NODE=N: the same command under torchrun (after the settings checked out)
         verbs[verb].run(cfg)
     except TailorkitError as e:
         print(f"error: {e}", file=sys.stderr)

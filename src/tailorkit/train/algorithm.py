@@ -17,6 +17,7 @@ import torch
 
 from ..tuners.plan import Plan
 from ..tuners.runtime import adapter_penalty
+from ..distributed.ulysses import SequenceParallel
 from .losses import sft_loss
 
 
@@ -48,20 +49,27 @@ class SftAlgorithm:
     the step's tokens are split into micro-batches, packs or processes (8x1 = 1x8 = packed = 2 GPUs x 4).
     """
 
-    def __init__(self, plan: Plan | None = None):
+    def __init__(self, plan: Plan | None = None, sequence_parallel: SequenceParallel | None = None):
         self.plan = plan  # the tuner plan: AdaLoRA's orthogonality penalty is added to the loss
+        self.sequence_parallel = sequence_parallel  # --sequence_parallel_size > 1: each rank's shard of the tokens
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        if trainer.args.use_liger_kernel and model.training:
+        sp = self.sequence_parallel if model.training and num_items_in_batch is not None else None
+        if self.sequence_parallel is not None:
+            self.sequence_parallel.current = None  # until split() plans this batch, the hooks pass through
+        if sp is not None:
+            labels = sp.split(inputs, labels)
+        if trainer.args.use_liger_kernel and model.training and sp is None:
             # Liger's fused linear cross-entropy never materialises the logits; it takes the labels and the
             # step's token count and computes sft_loss's sum / num_items (same shift, same ignore index).
             outputs = model(**inputs, labels=labels, num_items_in_batch=num_items_in_batch, use_cache=False)
             loss = outputs.loss
         else:
             outputs = model(**inputs, use_cache=False)
-            loss = sft_loss(outputs.logits, labels, num_items_in_batch)
+            loss = sft_loss(outputs.logits, labels, num_items_in_batch) if sp is None else \
+                sp.loss(outputs.logits, labels, num_items_in_batch)
         if num_items_in_batch is not None and trainer.args.average_tokens_across_devices:
             loss = loss * trainer.accelerator.num_processes  # DDP averages gradients; the count is global
         penalty = adapter_penalty(trainer.model, self.plan)

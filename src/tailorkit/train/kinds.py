@@ -25,6 +25,7 @@ from ..data.formats import parse_row, parse_text_row
 from ..data.preference import (KtoCollator, PairCollator, convs_of, encode_kto, encode_kto_all, encode_pair,
                                encode_prompt_sample, kto_pairs, load_rows, parse_kto_row, parse_preference_row,
                                parse_prompt_row, prompt_collate, warn_one_label)
+from ..distributed.ulysses import SequenceParallel
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
 from ..models.value_head import HEAD, add_value_head, lm_head_prefixes, load_reward_model, trained_head
@@ -157,7 +158,8 @@ def unpadded(pad_token_id: int, cfg: SftConfig) -> Callable:
 # ---- algorithms: (cfg, bundle, plan, reference) -> the object whose compute_loss the Trainer calls -----------
 
 def sft_algorithm(cfg: SftConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> SftAlgorithm:
-    return SftAlgorithm(plan)
+    size = cfg.dist.sequence_parallel_size
+    return SftAlgorithm(plan, SequenceParallel(bundle.model, bundle.family, size) if size > 1 else None)
 
 
 def dpo_algorithm(cfg: RlhfConfig, bundle: ModelBundle, plan: Plan, reference: ReferenceModel) -> DpoAlgorithm:

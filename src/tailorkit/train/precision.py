@@ -48,7 +48,7 @@ def prepare_precision(cfg, model: torch.nn.Module) -> None:
     from ..models.load import resolve_dtype
 
     dtype = resolve_dtype(cfg.model.torch_dtype)
-    if dtype in (torch.float16, torch.bfloat16) and not cfg.train.deepspeed:
+    if dtype in (torch.float16, torch.bfloat16) and not cfg.dist.deepspeed:
         cast = upcast_trainable_to_fp32(model)
         name = "fp16" if dtype == torch.float16 else "bf16"
         print(f"[tailorkit] {name} mixed precision: {cast} trainable tensors held in fp32 (master weights), "

@@ -21,6 +21,10 @@ from ..data.build import EncodeRequest, check_rows, encoded_sets
 from ..data.dataset import EncodeReport, StreamingEncoded
 from ..data.encoded_set import EncodedSet
 from ..data.validate import preflight_stream
+from ..distributed.engines import check_distributed, explain_collective_error, shards_weights
+from ..distributed.fsdp import fsdp_by_hand, shard_on_cpu
+from ..distributed.launch import init_processes, start_line
+from ..distributed.media import keep_collectives_in_step
 from ..errors import ConfigError, ModelError, TrainingStopped
 from ..models.load import ModelBundle, bundle_processor
 from ..run_files import CONFIG_FILE, FINAL_DIR, LOG_FILE
@@ -81,8 +85,10 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     spec = KINDS[kind]
     out = Path(cfg.train.output_dir)
     check_output_dir(out, cfg)
-    PartialState().wait_for_everyone()  # under torchrun: every rank checks before rank 0 writes into output_dir
+    world = init_processes(cfg.dist).num_processes
+    PartialState().wait_for_everyone()  # every rank checks before rank 0 writes into output_dir
     resume = resume_point(cfg, out)
+    check_distributed(cfg, kind, world, resume)
     check_batching(cfg)
     processor = load_processor_or_check_rows(cfg, spec)
     with PartialState().local_main_process_first():  # one process per machine encodes; the others read its cache
@@ -109,14 +115,19 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     guards = make_guards(cfg, out, resume, train_set, write_config)  # the encoded data's fingerprint
     if cfg.data.packing or cfg.data.padding_free:
         train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
+    keep_collectives_in_step(model, bundle.family, world, sharded=shards_weights(cfg.dist))  # text-only batches
+    # still run the vision tower
+    if fsdp_by_hand(cfg.dist, world):
+        model = shard_on_cpu(model, cfg.dist)
     args = training_arguments(cfg, bool(val_set), ignore_data_skip=guards.hooks.restore_rng_at_first_batch)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=collator,
                       processing_class=bundle.processor, algorithm=algorithm, plan=plan, hooks=guards.hooks,
+                      sequence_parallel=cfg.dist.sequence_parallel_size,
                       callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *guards.callbacks,
                                  *gen_eval])
     _drop_printing_callbacks(trainer)
-    print(f"[tailorkit] world size {trainer.args.world_size}")
+    print(start_line(trainer.args, cfg.dist))
     return Run(cfg=cfg, kind=spec, output_dir=out, bundle=bundle, model=model, plan=plan, train_set=train_set,
                val_set=val_set, report=report, algorithm=algorithm, guards=guards, trainer=trainer,
                trainable_params=trainable, total_params=total)
@@ -240,6 +251,9 @@ def _train(run: Run) -> tuple[Path | None, RunSummary]:
     except Exception as e:
         guards.stopper.restore()
         _summarize(run, f"failed: {type(e).__name__}", None)
+        hint = explain_collective_error(e)
+        if hint is not None:
+            raise ConfigError(f"{e}\n{hint}") from e
         raise
     state = trainer.state
     stopped = None

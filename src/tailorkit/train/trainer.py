@@ -19,10 +19,14 @@ import transformers
 from ..config.train import SftConfig
 from ..errors import ConfigError
 from ..models.load import resolve_dtype
+from ..distributed.deepspeed import gathered
+from ..distributed.engines import engine_arguments
+from ..distributed.fsdp import ShardedModule, full_state_dict, is_sharded
+from ..distributed.ulysses import RepeatedBatches, seeded_order
 from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import Plan
-from ..tuners.runtime import plan_callbacks, save_plan_extras
+from ..tuners.runtime import extra_parameters, plan_callbacks, save_plan_extras
 from .algorithm import Algorithm
 from .checkpoint import CheckpointWriter
 
@@ -43,9 +47,10 @@ class Trainer(transformers.Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, algorithm: Algorithm, plan: Plan | None = None, hooks: TrainerHooks | None = None,
-                 **kwargs):
+                 sequence_parallel: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.algorithm = algorithm
+        self.sequence_parallel = sequence_parallel  # ranks that share each batch (Ulysses)
         self.tuner_plan = plan  # the plan tuners.adapters.apply_tuner applied to the model (None: no tuner)
         self.hooks = hooks or TrainerHooks()
         self._pending_rng = None
@@ -56,6 +61,7 @@ class Trainer(transformers.Trainer):
         if plan is not None:
             for callback in plan_callbacks(self.model, plan, self.args.seed):
                 self.add_callback(callback)
+        self.sharded_by_hand = is_sharded(self.model)  # FSDP2 applied by distributed/fsdp.py (CPU)
         # Shipped adapters that the model switches by modality (Phi-4-multimodal): each batch picks its own.
         self.route_adapters = adapter_router(self.model, self.tuner_plan.family) if self.tuner_plan else None
 
@@ -85,6 +91,12 @@ class Trainer(transformers.Trainer):
     def save_model(self, output_dir=None, _internal_call=False):
         """The base class's weights (full, adapter, or gathered from DeepSpeed/FSDP), plus what the plan adds."""
         out = output_dir or self.args.output_dir
+        if self.sharded_by_hand:
+            state = full_state_dict(self.model)  # every rank gathers, rank 0 gets the weights and writes
+            self._save_gathered(out, state)
+            if self.tuner_plan is not None and self.args.should_save:
+                save_plan_extras(self.model, self.tuner_plan, out, state)
+            return
         if self._several_shipped_adapters():
             # transformers saves one active adapter at the top level and refuses several; each shipped adapter
             # gets its own folder instead (save_plan_extras), as the model's checkpoint ships them
@@ -95,8 +107,20 @@ class Trainer(transformers.Trainer):
                 torch.save(self.args, os.path.join(out, transformers.trainer.TRAINING_ARGS_NAME))
         else:
             super().save_model(output_dir, _internal_call)
-        if self.tuner_plan is not None and self.args.should_save:
-            save_plan_extras(self.model, self.tuner_plan, out)
+        if self.tuner_plan is not None:
+            with gathered(extra_parameters(self.model, self.tuner_plan)):  # ZeRO-3: whole on every rank
+                if self.args.should_save:
+                    save_plan_extras(self.model, self.tuner_plan, out)
+
+    def _save_gathered(self, out: str, state: dict) -> None:
+        """Weights gathered whole from an FSDP2 model, saved as a plain HF / peft checkpoint by rank 0."""
+        if not self.args.should_save:
+            return
+        os.makedirs(out, exist_ok=True)
+        self.model.save_pretrained(out, state_dict=state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(out)
+        torch.save(self.args, os.path.join(out, transformers.trainer.TRAINING_ARGS_NAME))
 
     def _several_shipped_adapters(self) -> bool:
         config = getattr(self.model, "peft_config", None)
@@ -140,14 +164,27 @@ class Trainer(transformers.Trainer):
 
     # ---- private methods of the base class that have no public hook -----------------------------------------
 
+    def _wrap_model(self, model, training=True, dataloader=None):
+        # A model sharded by hand with FSDP2 (CPU) reduces its own gradients; the base class would hand it to
+        # accelerate, which wraps it in DDP and refuses its DTensor parameters. Returning another object than
+        # self.model is the base class's sign that the model is already wrapped.
+        if self.sharded_by_hand and training:
+            return model if isinstance(model, ShardedModule) else ShardedModule(model)
+        return super()._wrap_model(model, training, dataloader)
+
     def _get_train_sampler(self, train_dataset=None):
         # --group_by_length: the base class reads lengths from dict rows only; ours are Encoded objects
         # (and pairs, KTO samples, prompts), each with a len(), or an encoded set that knows every length.
+        # --sequence_parallel_size k: the k ranks of a group must get the same batches.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and _has_lengths(dataset):
             sampler = length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        elif self.sequence_parallel > 1 and self.args.train_sampling_strategy == "random":
+            sampler = seeded_order(dataset, self.args.data_seed)
         else:
             sampler = super()._get_train_sampler(train_dataset)
+        if self.sequence_parallel > 1:
+            return RepeatedBatches(sampler, self._train_batch_size, self.sequence_parallel)
         reuse = getattr(self.algorithm, "rollout_reuse", 1)  # grpo --num_iterations, ppo --num_ppo_epochs
         if reuse > 1 and sampler is not None:
             step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
@@ -290,14 +327,14 @@ def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool
         eval_strategy=t.resolved_eval_strategy() if has_eval else "no",
         eval_steps=eval_steps if has_eval else None, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         dataloader_num_workers=cfg.data.dataloader_num_workers, remove_unused_columns=False, disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(), deepspeed=deepspeed_config(t.deepspeed),
-        ddp_find_unused_parameters=False, save_only_model=False, ignore_data_skip=ignore_data_skip,
+        use_cpu=not torch.cuda.is_available(), ignore_data_skip=ignore_data_skip,
         prediction_loss_only=True,  # no algorithm returns logits for metrics: evaluation is the loss
         # accelerate would otherwise dispatch a streaming dataset's batches by slicing every tensor along dim 0,
         # which cuts media tensors (pixel_values rows are patches, not samples)
         accelerator_config={"dispatch_batches": False},
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         use_liger_kernel=t.use_liger_kernel,
+        **engine_arguments(cfg.dist, t),
     )
 
 
@@ -309,19 +346,3 @@ def _checkpointing_arguments(arguments_class, t) -> dict:
     prefix = "activation" if "activation_checkpointing" in {f.name for f in fields(arguments_class)} else "gradient"
     return {f"{prefix}_checkpointing": t.gradient_checkpointing,
             f"{prefix}_checkpointing_kwargs": t.gradient_checkpointing_kwargs}
-
-
-DEEPSPEED_PRESETS = {
-    "zero2": {"zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True}},
-    "zero3": {"zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
-                                    "stage3_gather_16bit_weights_on_model_save": True}},
-}
-
-
-def deepspeed_config(value: str | None):
-    """--deepspeed: a preset name (zero2, zero3) as a config dict, or a JSON file path for transformers to read."""
-    if value is None or value not in DEEPSPEED_PRESETS:
-        return value
-    return {**DEEPSPEED_PRESETS[value], "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto", "train_batch_size": "auto"}
