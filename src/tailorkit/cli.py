@@ -74,21 +74,21 @@ def _tiny_config():
 
 
 def _sft(cfg):
-    skip_unused_imports(cfg)
-    from .train.sft import sft
-    return sft(cfg)
+    with skip_unused_imports(cfg):
+        from .train.sft import sft
+        return sft(cfg)
 
 
 def _pt(cfg):
-    skip_unused_imports(cfg)
-    from .train.sft import pt
-    return pt(cfg)
+    with skip_unused_imports(cfg):
+        from .train.sft import pt
+        return pt(cfg)
 
 
 def _rlhf(cfg):
-    skip_unused_imports(cfg)
-    from .train.rlhf import rlhf
-    return rlhf(cfg)
+    with skip_unused_imports(cfg):
+        from .train.rlhf import rlhf
+        return rlhf(cfg)
 
 
 def _demo(cfg):

@@ -9,7 +9,8 @@ import sys
 
 from tailorkit.cli import main
 
-HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "trl", "fastapi", "uvicorn", "gradio", "datasets")
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "gptqmodel", "deepspeed", "trl", "fastapi", "uvicorn",
+         "gradio", "datasets")
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])
