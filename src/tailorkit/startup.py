@@ -53,7 +53,7 @@ def _loaded_models(cfg) -> list[str | None]:
     models (checkpoints that may each be saved quantized)."""
     models = [cfg.model.model]
     if hasattr(cfg, "rlhf"):  # an RlhfConfig
-        models += [cfg.rlhf.ref_model, *cfg.rlhf.reward_model, cfg.ppo.value_model, cfg.gkd.teacher_model]
+        models += [cfg.rlhf.ref_model, *cfg.grpo.reward_model, cfg.ppo.value_model, cfg.gkd.teacher_model]
     return [m for m in models if m] or [None]
 
 
