@@ -8,6 +8,16 @@ from tailorkit.models.registry import FAMILIES
 from tailorkit.models.tiny import build_qwen2, build_qwen2_5_vl
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scratch_hf_home(tmp_path_factory):
+    """Runs in the tests cache their encoded data under a scratch HF_HOME, never the user's."""
+    patch = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("hf_home")
+    patch.setenv("HF_HOME", str(home))
+    yield home
+    patch.undo()
+
+
 def pytest_collection_modifyitems(config, items):
     """Every `gpu`-marked test skips, saying so, where no CUDA GPU is visible (scripts/gpu_check.sh runs them)."""
     import torch

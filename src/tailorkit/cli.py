@@ -11,50 +11,141 @@ from .config.fields import concern_fields
 from .config.loading import aliases, base_type, build_config, read_yaml, suggest
 from .distributed.launch import relaunch
 from .errors import TailorkitError
+from .startup import skip_unused_imports
 
 
 @dataclass(frozen=True)
 class Verb:
     help: str
-    config_cls: type
-    run: Callable  # run(cfg) -> result
+    config: Callable[[], type]  # the verb's config class (imported only when the verb is used)
+    run: Callable  # run(cfg) -> result; imports what the verb needs when it is called
+
+    @property
+    def config_cls(self) -> type:
+        return self.config()
+
+
+# Each verb imports its own stack when it runs, so `tailorkit --help` and the argument parsing import none of
+# torch, transformers, peft, the server or plotting libraries.
+
+def _sft_config():
+    from .config.train import SftConfig
+    return SftConfig
+
+
+def _rlhf_config():
+    from .config.rlhf import RlhfConfig
+    return RlhfConfig
+
+
+def _demo_config():
+    from .demo.run import DemoConfig
+    return DemoConfig
+
+
+def _doctor_config():
+    from .doctor import DoctorConfig
+    return DoctorConfig
+
+
+def _infer_config():
+    from .config.infer import InferConfig
+    return InferConfig
+
+
+def _eval_config():
+    from .config.eval import EvalConfig
+    return EvalConfig
+
+
+def _deploy_config():
+    from .config.infer import DeployConfig
+    return DeployConfig
+
+
+def _export_config():
+    from .config.export import ExportConfig
+    return ExportConfig
+
+
+def _tiny_config():
+    from .models.tiny_cli import TinyConfig
+    return TinyConfig
+
+
+def _sft(cfg):
+    with skip_unused_imports(cfg):
+        from .train.sft import sft
+        return sft(cfg)
+
+
+def _pt(cfg):
+    with skip_unused_imports(cfg):
+        from .train.sft import pt
+        return pt(cfg)
+
+
+def _rlhf(cfg):
+    with skip_unused_imports(cfg):
+        from .train.rlhf import rlhf
+        return rlhf(cfg)
+
+
+def _demo(cfg):
+    from .demo.run import demo
+    return demo(cfg)
+
+
+def _doctor(cfg):
+    from .doctor import doctor
+    return doctor(cfg)
+
+
+def _infer(cfg):
+    from .infer.run import infer
+    return infer(cfg)
+
+
+def _eval(cfg):
+    from .eval.runner import evaluate
+    return evaluate(cfg)
+
+
+def _deploy(cfg):
+    from .serve.deploy import deploy
+    return deploy(cfg)
+
+
+def _export(cfg):
+    from .export.run import export
+    return export(cfg)
+
+
+def _tiny(cfg):
+    from .models.tiny_cli import tiny
+    return tiny(cfg)
 
 
 def _verbs() -> dict[str, Verb]:
-    from .config import SftConfig
-    from .config.eval import EvalConfig
-    from .config.export import ExportConfig
-    from .config.infer import DeployConfig, InferConfig
-    from .demo.run import DemoConfig, demo
-    from .doctor import DoctorConfig, doctor
-    from .eval.runner import evaluate
-    from .export.run import export
-    from .infer.run import infer
-    from .models.tiny_cli import TinyConfig, tiny
-    from .serve.deploy import deploy
-    from .train.sft import pt, sft
-    from .config.rlhf import RlhfConfig
-    from .train.rlhf import rlhf
     return {
-        "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),
-        "pt": Verb("continued pre-training on raw text (loss on every token)", SftConfig, pt),
+        "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", _sft_config, _sft),
+        "pt": Verb("continued pre-training on raw text (loss on every token)", _sft_config, _pt),
         "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), ppo, gkd "
-                     "(distillation), grpo (and DAPO, RLOO, REINFORCE++, multi-turn)",
-                     RlhfConfig, rlhf),
-        "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", DemoConfig,
-                     demo),
+                     "(distillation), grpo (and DAPO, RLOO, REINFORCE++, multi-turn)", _rlhf_config, _rlhf),
+        "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", _demo_config,
+                     _demo),
         "doctor": Verb("check model, processor and data (every row, media file and encoded length) and estimate "
-                       "memory; changes nothing", DoctorConfig, doctor),
-        "infer": Verb("generate replies: interactive chat, or a dataset written to jsonl (--val_dataset)", InferConfig,
-                      infer),
+                       "memory; changes nothing", _doctor_config, _doctor),
+        "infer": Verb("generate replies: interactive chat, or a dataset written to jsonl (--val_dataset)",
+                      _infer_config, _infer),
         "eval": Verb("score a model, adapter or checkpoint on local benchmarks (MME, TextVQA, VQAv2, multiple "
-                     "choice) and your own data; report.json, predictions.jsonl, before/after tables", EvalConfig,
-                     evaluate),
+                     "choice) and your own data; report.json, predictions.jsonl, before/after tables", _eval_config,
+                     _eval),
         "deploy": Verb("serve an OpenAI-compatible API (127.0.0.1 by default; --api_key guards every endpoint)",
-                       DeployConfig, deploy),
+                       _deploy_config, _deploy),
         "export": Verb("merge adapters into the base and/or quantize (gptq, awq, bnb, fp8); the export is reloaded "
-                       "and verified against the model in memory before it counts", ExportConfig, export),
-        "tiny": Verb("write a tiny random model of a family (for tests and experiments)", TinyConfig, tiny),
+                       "and verified against the model in memory before it counts", _export_config, _export),
+        "tiny": Verb("write a tiny random model of a family (for tests and experiments)", _tiny_config, _tiny),
     }
 
 

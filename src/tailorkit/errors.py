@@ -25,6 +25,13 @@ class DataError(TailorkitError, ValueError):
             text += f" ({fix})"
         super().__init__(text)
 
+    def __reduce__(self):  # pickled whole, e.g. out of a dataset-encoding worker process
+        return _rebuild, (type(self), self.problem, self.source, self.line, self.field, self.fix)
+
+
+def _rebuild(cls, problem, source, line, field, fix):
+    return cls(problem, source=source, line=line, field=field, fix=fix)
+
 
 class ModelError(TailorkitError, ValueError):
     """The model cannot be loaded or is not usable as asked."""

@@ -17,6 +17,7 @@ loss does, so gradient accumulation and packing leave the update unchanged).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 from collections.abc import Callable
@@ -41,6 +42,18 @@ class Plugins:
     def preprocess(self) -> Callable | None:
         """The row preprocessors chained into one ``fn(row, source=, line=) -> row``, or None without any."""
         return self.apply_preprocessors if self.preprocessors else None
+
+    @property
+    def preprocess_digest(self) -> str | None:
+        """A digest of the files that register row preprocessors, or None without any: part of the encoded-data
+        cache key, since what a preprocessor does is known only from its code (a module such a file imports is
+        not covered: after editing one, pass --load_from_cache_file false)."""
+        if not self.preprocessors:
+            return None
+        h = hashlib.sha256()
+        for origin in sorted({origin for origin, _ in self.preprocessors}):
+            h.update(Path(origin).read_bytes())
+        return h.hexdigest()
 
     def apply_preprocessors(self, row, *, source: str | None = None, line: int | None = None):
         """``row`` through every preprocessor in order; a failure is a DataError naming the row."""

@@ -101,8 +101,37 @@ def test_stream_position_maps_trained_samples_to_rows_read(tiny_text_dir, tmp_pa
 
 
 
-def test_streaming_rejects_packing_and_padding_free(tiny_text_dir, tmp_path):
+def test_stream_packs_through_a_bounded_buffer(tiny_text_dir, tmp_path):
+    from tailorkit.models.load import load_processor
+
     data = write_rows(tmp_path / "data.jsonl")
-    for flag in ("--packing", "--padding_free"):
-        with pytest.raises(ConfigError, match=f"{flag} needs the whole dataset encoded"):
-            sft(parse("sft", stream_args(tiny_text_dir, data, tmp_path / flag.strip("-"), flag, "true")))
+    tok = load_processor(str(tiny_text_dir))
+    plain = [s.input_ids for s in StreamingEncoded([str(data)], tok, max_length=64, truncation="delete")]
+    stream = StreamingEncoded([str(data)], tok, max_length=64, truncation="delete", packing_length=96, buffer=8)
+    packs = list(stream)
+    assert all(isinstance(p, list) and sum(len(s) for s in p) <= 96 for p in packs)
+    assert any(len(p) > 1 for p in packs)
+    # every sample once, and each pack from one buffer of 8 consecutive samples
+    assert sorted(s.input_ids for p in packs for s in p) == sorted(plain)
+    where = {tuple(ids): k for k, ids in enumerate(plain)}
+    assert all(len({where[tuple(s.input_ids)] // 8 for s in p}) == 1 for p in packs)
+
+    again = StreamingEncoded([str(data)], tok, max_length=64, truncation="delete", packing_length=96, buffer=8)
+    first = iter(again)
+    taken = 0
+    while taken < 8:  # the packs of the first buffer: the position after it is known, none inside it
+        pack = next(first)
+        assert taken == 0 or again.position() is None
+        again.consume(len(pack))
+        taken += len(pack)
+    position = again.position()
+    assert (position.rows, position.samples) == (9, 8)  # line 4 was too long: 9 rows hold the first 8 samples
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--packing", "--padding_free"])
+def test_streaming_trains_packed_and_padding_free(flag, tiny_text_dir, tmp_path, capsys):
+    data = write_rows(tmp_path / "data.jsonl")
+    result = sft(parse("sft", [*stream_args(tiny_text_dir, data, tmp_path / "out", flag, "true"), "--max_steps", "2"]))
+    assert result.summary.steps == 2 and result.summary.tokens_seen > 0
+    assert ("packing" if flag == "--packing" else "padding-free") + " batches with attention" in capsys.readouterr().out

@@ -116,7 +116,13 @@ class DataArgs:
                                   choices=("raise", "delete", "left", "right"))
     streaming: bool = arg(False, "read, check and encode rows lazily while training (needs --max_steps)")
     system: str | None = arg(None, "system prompt used for rows that have none")
-    dataloader_num_workers: int = arg(0, "data loading worker processes")
+    dataloader_num_workers: int = arg(0, "data loading worker processes (they decode and process each batch's "
+                                      "media while training runs)")
+    dataset_num_proc: int = arg(1, "processes that encode the dataset before training (token ids and lengths)")
+    load_from_cache_file: bool = arg(True, "reuse the encoded dataset cached by an earlier run with the same data "
+                                     "files, processor and settings (false: encode anew and replace it)")
+    dataset_cache_dir: str | None = arg(None, "folder of the encoded-dataset cache (default: "
+                                        "$HF_HOME/tailorkit/encoded, i.e. ~/.cache/huggingface/tailorkit/encoded)")
     data_seed: int | None = arg(None, "seed for sampling 'path#N' and the validation split (default: --seed)")
     packing: bool = arg(False, "combine samples into rows of --packing_length tokens (best-fit-decreasing over the "
                        "whole dataset); each sample keeps its own positions and attends only to itself")
@@ -128,6 +134,8 @@ class DataArgs:
             raise ConfigError(f"split_dataset_ratio must be in [0, 1), got {self.split_dataset_ratio}")
         if self.max_length <= 0:
             raise ConfigError(f"max_length must be positive, got {self.max_length}")
+        if self.dataset_num_proc < 1:
+            raise ConfigError(f"dataset_num_proc must be >= 1, got {self.dataset_num_proc}")
         if self.packing_length is not None and self.packing_length < self.max_length:
             raise ConfigError(f"packing_length {self.packing_length} is below max_length {self.max_length}: a sample "
                               "could fit no row; lower --max_length too (over-long samples then follow "

@@ -12,14 +12,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, TooLongError
-from .encode import Encoded, encode, encode_text
+from .encode import Encoded, encode_text, index, materialize
 from .fingerprint import feed_row
+from .packing import pack_indices
 from .formats import MEDIA_KINDS, Conversation, TextSample, parse_row, parse_text_row
 from .media import missing_media
 from .sources import base_dir_of, iter_rows, split_spec
 from .truncate import UNCUTTABLE, truncate
 
 MAX_LISTED_ERRORS = 10
+PACK_BUFFER = 512  # samples a packed stream holds to choose its packs from
 
 
 def sample_rows(items: list, n: int | None, seed: int) -> list:
@@ -142,13 +144,29 @@ def load_text_samples(specs: list[str], *, seed: int = 42, preprocess=None) -> l
 
 
 def _raise_collected(errors: list[DataError]) -> None:
+    error = collected_error(errors)
+    if error is not None:
+        raise error
+
+
+def collected_error(errors: list[DataError]) -> DataError | None:
+    """One error reporting all of ``errors`` (up to 10 listed), or None when there are none."""
     if not errors:
-        return
+        return None
     if len(errors) == 1:
-        raise errors[0]
+        return errors[0]
     shown = "\n  ".join(str(e) for e in errors[:MAX_LISTED_ERRORS])
     more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
-    raise DataError(f"{len(errors)} rows have problems:\n  {shown}{more}")
+    return DataError(f"{len(errors)} rows have problems:\n  {shown}{more}")
+
+
+def split_rows(items: list, ratio: float, seed: int) -> tuple[list, list]:
+    """(rest, held out): a seeded ``ratio`` of the rows (at least one) held out for validation."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(items) * ratio)))
+    val_idx = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val_idx], [items[i] for i in sorted(val_idx)]
 
 
 @dataclass
@@ -184,14 +202,16 @@ def encode_all(items: list, processor, *, max_length: int, truncation: str, desc
     return out, report
 
 
-def encode_one(item, processor, *, max_length: int, truncation: str, report: EncodeReport, encoder=None
-               ) -> Encoded | None:
+def encode_one(item, processor, *, max_length: int, truncation: str, report: EncodeReport, encoder=None,
+               media: bool = True) -> Encoded | None:
     """One sample encoded under the truncation strategy, or None when it is skipped (counted in ``report``).
 
-    ``encoder(item, processor, max_length=...)`` raises TooLongError over the limit; the default encodes a
-    Conversation (``encode``) or a pre-training TextSample (``encode_text``).
+    ``encoder(item, processor, max_length=...)`` indexes the sample (``encode.index``'s contract: no media
+    loaded) and raises TooLongError over the limit; the default indexes a Conversation (``index``) or a
+    pre-training TextSample (``encode_text``). ``media=False`` returns the sample indexed, its media still
+    to load (``encode.materialize``), as the encoded-data cache keeps it.
     """
-    encoder = encoder or (_encode_text_sample if isinstance(item, TextSample) else encode)
+    encoder = encoder or (_encode_text_sample if isinstance(item, TextSample) else index)
     limit = None if truncation in ("left", "right") else max_length
     try:
         enc = encoder(item, processor, max_length=limit)
@@ -207,7 +227,7 @@ def encode_one(item, processor, *, max_length: int, truncation: str, report: Enc
             return None
         report.truncated += 1
         enc = cut
-    return enc
+    return materialize(enc, processor) if media else enc
 
 
 def _encode_text_sample(sample: TextSample, processor, *, max_length: int | None) -> Encoded:
@@ -233,13 +253,19 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
     to the rows read so far and a digest of them, which a checkpoint records. ``resume_at(position)``
     makes the next pass read past those rows without encoding them, and refuse other content.
     Positions are known in the main process on the stream's first pass only (no dataloader workers).
+
+    ``packing_length``: the stream yields packs (lists of samples) instead, made by best-fit-decreasing over
+    a bounded buffer of ``buffer`` samples (indexed, so lengths are exact before any medium loads); a
+    position is known where the samples trained on end a buffer.
     """
 
     def __init__(self, specs: list[str], processor, *, max_length: int, truncation: str,
-                 system: str | None = None, text: bool = False, preprocess=None):
+                 system: str | None = None, text: bool = False, packing_length: int | None = None,
+                 buffer: int = PACK_BUFFER, preprocess=None):
         self.specs, self.processor, self.system, self.text = specs, processor, system, text
         self.preprocess = preprocess
         self.kwargs = dict(max_length=max_length, truncation=truncation)
+        self.packing_length, self.buffer = packing_length, buffer
         self.report = EncodeReport()
         self.start = StreamPosition()
         self._passes = 0
@@ -273,7 +299,8 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
         self._passes += 1
         tracked = info is None and self._passes == 1
         start = self.start if tracked else StreamPosition()
-        digest, kept, read = hashlib.sha256(), start.samples, 0
+        digest, kept, read, buffer, after = hashlib.sha256(), start.samples, 0, [], None
+        packing = self.packing_length is not None
         for i, item in enumerate(self.items()):
             read = i + 1
             if info is not None and i % info.num_workers != info.id:
@@ -284,17 +311,35 @@ class StreamingEncoded(torch.utils.data.IterableDataset):
                 if i + 1 == start.rows:
                     self._check_skipped(digest.hexdigest())
                 continue
-            enc = encode_one(item, self.processor, report=self.report, **self.kwargs)
-            if enc is not None:
-                self.report.kept += 1
-                kept += 1
-                if tracked:
-                    self._ahead[kept] = StreamPosition(i + 1, kept, digest.hexdigest())
+            enc = encode_one(item, self.processor, report=self.report, media=not packing, **self.kwargs)
+            if enc is None:
+                continue
+            self.report.kept += 1
+            kept += 1
+            after = StreamPosition(i + 1, kept, digest.hexdigest()) if tracked else None
+            if not packing:
+                if after is not None:
+                    self._ahead[kept] = after
                 yield enc
+                continue
+            buffer.append(enc)
+            if len(buffer) == self.buffer:
+                yield from self._packs(buffer, after)
+                buffer = []
+        if buffer:
+            yield from self._packs(buffer, after)
         if read < start.rows:
             raise ConfigError(f"cannot resume the stream {', '.join(self.specs)}: it has fewer rows than the "
                               f"{start.rows} the checkpoint had read; give the same data, or pass "
                               "--resume_only_model to start a new run from the checkpoint's weights")
+
+    def _packs(self, buffer: list[Encoded], after: StreamPosition | None):
+        """The buffered samples in packs, media loaded; the position after the buffer goes with its last pack."""
+        packs, _ = pack_indices([len(e) for e in buffer], self.packing_length, truncation="delete")
+        for k, members in enumerate(packs):
+            if k == len(packs) - 1 and after is not None:
+                self._ahead[after.samples] = after
+            yield [materialize(buffer[j], self.processor) for j in members]
 
     def _check_skipped(self, digest: str) -> None:
         if digest != self.start.digest:

@@ -14,7 +14,7 @@ import torch
 
 from .collate import Collator
 from .dataset import EncodeReport, encode_one
-from .encode import Encoded, encode_prompt
+from .encode import Encoded, encode_prompt, index_prompt
 from .formats import Conversation
 from .preference import EncodedPrompt, PromptSample
 
@@ -29,12 +29,16 @@ class EncodedDistill:
 
 
 def encode_distill(conv: Conversation, processor, *, max_length: int, truncation: str,
-                   report: EncodeReport) -> EncodedDistill | None:
-    """The conversation (under the truncation strategy) and its prompt; None (counted) when it is skipped."""
-    full = encode_one(conv, processor, max_length=max_length, truncation=truncation, report=report)
+                   report: EncodeReport, media: bool = True) -> EncodedDistill | None:
+    """The conversation (under the truncation strategy) and its prompt; None (counted) when it is skipped.
+
+    ``media=False``: both indexed only, media still to load (``dataset.encode_one``)."""
+    full = encode_one(conv, processor, max_length=max_length, truncation=truncation, report=report, media=media)
     if full is None:
         return None
     before_reply = dataclasses.replace(conv, messages=conv.messages[:-1])
+    if not media:
+        return EncodedDistill(full, EncodedPrompt(PromptSample(before_reply), index_prompt(before_reply, processor)))
     prompt = encode_prompt(before_reply, processor)
     if prompt.media.keys() == full.media.keys() and all(prompt.media[k].shape == full.media[k].shape
                                                        for k in prompt.media):

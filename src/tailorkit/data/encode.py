@@ -1,25 +1,50 @@
 """The one encoder: Conversation -> Encoded, for training, preference training, inference and serving.
 
 It renders with the model's own chat template and runs the model's own processor (which expands
-media placeholders). Supervised spans are found by rendering the prefix before each assistant
-turn (with the generation prompt) and the conversation through that turn: the tokens between the
-two are the reply. The prompt that inference builds is therefore, token for token, the training
-sequence up to the first supervised token.
+media placeholders), once per sample. Encoding has two halves:
+
+- ``index``: token ids and labels without loading any medium. Each medium's placeholder is replaced by
+  what the processor expands it into for the medium's shape, read from its file header
+  (``data/expand.py``), and the text is tokenized. Supervised spans come from the text-only renderings of
+  the prefix before each assistant turn (with the generation prompt) and of the conversation through that
+  turn: the tokens between the two are the reply. Lengths are exact; nothing per sample but token ids.
+- ``materialize``: the processor runs on the whole conversation with the decoded media (in a data loader
+  worker, per batch) and its tokens are checked against the index; pixels and features join the sample.
+
+The prompt that inference builds is therefore, token for token, the training sequence up to the first
+supervised token.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import DataError, TooLongError
-from .formats import Conversation, TextSample, count_media
+from .expand import check_expansion, expander_for
+from .formats import MEDIA_KINDS, Conversation, TextSample, count_media
 from .media import at_rate, load_audio, load_image, load_video
+from .shapes import Shape, audio_shape, image_shape, video_shape
 from .special_tokens import check_conversation_text
 from .tools import renders_tools
 
 IGNORE = -100
+
+
+@dataclass
+class Pending:
+    """What ``materialize`` runs the processor on: the rendered conversation and its media, not loaded yet."""
+
+    text: str
+    images: list = field(default_factory=list)
+    videos: list = field(default_factory=list)
+    audios: list = field(default_factory=list)
+    base_dir: str | None = None
+    source: str | None = None
+    line: int | None = None
+    keep: tuple[int, int] | None = None  # the slice of the processor's tokens a truncated sample kept
 
 
 @dataclass
@@ -28,6 +53,7 @@ class Encoded:
     labels: list[int]
     media: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, image_grid_thw ... (cat over dim 0)
     token_fields: dict[str, list[int]] = field(default_factory=dict)  # per-token extras, e.g. mm_token_type_ids
+    pending: Pending | None = None  # set by ``index``: media and per-token fields still to load (``materialize``)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -101,16 +127,21 @@ def _images_of(conv: Conversation) -> list:
 
 def _media_of(conv: Conversation, processor) -> dict[str, list]:
     """Decoded media of a conversation by kind (image, video, audio), in placeholder order."""
+    check_media_kinds(conv, processor)
     where = dict(source=conv.source, line=conv.line)
-    for kind, owner in (("image", "image_processor"), ("video", "video_processor"), ("audio", "feature_extractor")):
-        if conv.media(kind) and _part(processor, owner) is None:
-            raise conv.error(f"the row has {kind}s but this model's processor has no {owner}", field=f"{kind}s",
-                             fix=f"use a model that takes {kind}s or remove them from the data")
     budget = video_budget(processor)
     rate = getattr(_part(processor, "feature_extractor"), "sampling_rate", None)
     return {"image": _images_of(conv),
             "video": [load_video(src, conv.base_dir, **budget, **where) for src in conv.videos],
             "audio": [at_rate(*load_audio(src, conv.base_dir, **where), rate) for src in conv.audios]}
+
+
+def check_media_kinds(conv: Conversation, processor) -> None:
+    """Every kind of media the row has, the processor takes."""
+    for kind, owner in (("image", "image_processor"), ("video", "video_processor"), ("audio", "feature_extractor")):
+        if conv.media(kind) and _part(processor, owner) is None:
+            raise conv.error(f"the row has {kind}s but this model's processor has no {owner}", field=f"{kind}s",
+                             fix=f"use a model that takes {kind}s or remove them from the data")
 
 
 def _part(processor, owner: str):
@@ -127,11 +158,9 @@ def video_budget(processor) -> dict:
     return {"fps": getattr(proc, "fps", None), "max_frames": getattr(proc, "max_frames", None)}
 
 
-def _run(processor, text: str, media: dict[str, list], messages: list | None = None) -> dict:
-    """run_processor with the media of the first ``messages`` (all media when None)."""
-    n = {k: len(v) if messages is None else count_media(messages, k) for k, v in media.items()}
-    return run_processor(processor, text, media["image"][: n["image"]], media["video"][: n["video"]],
-                         media["audio"][: n["audio"]])
+def _run(processor, text: str, media: dict[str, list]) -> dict:
+    """run_processor with media given by kind."""
+    return run_processor(processor, text, media["image"], media["video"], media["audio"])
 
 
 def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
@@ -146,24 +175,103 @@ def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
 
 def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
     """Encode a full conversation with labels on the assistant replies (and their end-of-turn token)."""
+    return materialize(index(conv, processor, max_length=max_length), processor)
+
+
+def index(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
+    """Token ids and labels of a conversation, media not loaded (their headers are read): see the module doc.
+
+    The result's ``pending`` says what ``materialize`` loads; it is None when nothing needs loading.
+    """
+    return _index(conv, processor, max_length, generation_prompt=False)
+
+
+def index_prompt(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
+    """``index`` of the conversation's prompt (the generation prompt added, nothing supervised): what
+    ``materialize`` turns into ``encode_prompt``'s tokens."""
+    return _index(conv, processor, max_length, generation_prompt=True)
+
+
+def _index(conv: Conversation, processor, max_length: int | None, *, generation_prompt: bool) -> Encoded:
     check_conversation_text(conv, processor)
-    images = _media_of(conv, processor)
-    full = _run(processor, render_conversation(processor, conv, conv.messages, False), images)
-    ids = full["input_ids"][0].tolist()
-    labels = [IGNORE] * len(ids)
-    tok = getattr(processor, "tokenizer", processor)
+    exp = expander_for(processor, lambda msgs: render(processor, msgs, False), _run)
+    shapes = media_shapes(conv, processor)
+    full = render_conversation(processor, conv, conv.messages, generation_prompt)
+    texts, turns = [exp.splice(full, shapes, conv)], []  # the conversation, then the prefixes around each reply
     for i, msg in enumerate(conv.messages):
-        if msg["role"] != "assistant":
-            continue
-        start = _prefix_len(processor, conv, conv.messages[:i], True, images, ids)
-        end = _prefix_len(processor, conv, conv.messages[: i + 1], False, images, ids)
-        while end > start and not tok.decode([ids[end - 1]]).strip():  # trailing newline after end-of-turn
+        if msg["role"] == "assistant" and not generation_prompt:
+            turns.append(i)
+            for upto, prompt in ((conv.messages[:i], True), (conv.messages[: i + 1], False)):
+                if len(upto) < len(conv.messages) or prompt:  # through the last turn: the conversation itself
+                    texts.append(exp.splice(render_conversation(processor, conv, upto, prompt),
+                                            _shapes_in(shapes, upto), conv))
+    tok = getattr(processor, "tokenizer", processor)
+    all_ids = tok(texts, add_special_tokens=False)["input_ids"]
+    ids = list(all_ids[0])
+    labels = [IGNORE] * len(ids)
+    all_ids.append(ids)  # the last reply's end, where the conversation is its own prefix
+    for k in range(len(turns)):
+        start = _prefix_len(all_ids[1 + 2 * k], ids, conv)
+        end = _prefix_len(all_ids[2 + 2 * k], ids, conv)
+        while end > start and _blank_token(tok, ids[end - 1]):  # trailing newline after end-of-turn
             end -= 1
         labels[start:end] = ids[start:end]
-    for j, t in enumerate(ids):
-        if t in media_token_ids(processor):
-            labels[j] = IGNORE
-    return check_length(_to_encoded(full, labels), max_length, conv.source, conv.line, "messages")
+    media_ids = media_token_ids(processor)
+    labels = [IGNORE if t in media_ids else x for t, x in zip(ids, labels)]
+    pending = None
+    if shapes or exp.text_needs_processor():
+        pending = Pending(full, list(conv.images), list(conv.videos), list(conv.audios), conv.base_dir,
+                          conv.source, conv.line)
+    return check_length(Encoded(input_ids=ids, labels=labels, pending=pending), max_length, conv.source, conv.line,
+                        "messages")
+
+
+def materialize(enc: Encoded, processor) -> Encoded:
+    """``enc`` with its media and per-token fields: the processor runs once on the whole conversation with the
+    decoded media; its tokens must be those ``index`` predicted (a DataError naming the row otherwise)."""
+    p = enc.pending
+    if p is None:
+        return enc
+    conv = Conversation(messages=[], images=p.images, videos=p.videos, audios=p.audios, source=p.source,
+                        line=p.line, base_dir=p.base_dir)
+    media = _media_of(conv, processor)
+    out = run_processor(processor, p.text, media["image"], media["video"], media["audio"])
+    ids = out["input_ids"][0].tolist()
+    lo, hi = p.keep or (0, len(ids))
+    check_expansion(ids[lo:hi], enc.input_ids, conv)
+    full = _to_encoded(out, labels=None)
+    return Encoded(input_ids=enc.input_ids, labels=enc.labels, media=full.media,
+                   token_fields={k: v[lo:hi] for k, v in full.token_fields.items()})
+
+
+def media_shapes(conv: Conversation, processor) -> list[Shape]:
+    """The shape of every medium of the conversation (images, then videos, then audio), from their headers."""
+    check_media_kinds(conv, processor)
+    where = dict(source=conv.source, line=conv.line)
+    budget = video_budget(processor)
+    rate = getattr(_part(processor, "feature_extractor"), "sampling_rate", None)
+    return ([image_shape(src, conv.base_dir, **where) for src in conv.images]
+            + [video_shape(src, conv.base_dir, **budget, **where) for src in conv.videos]
+            + [audio_shape(src, conv.base_dir, rate, **where) for src in conv.audios])
+
+
+def _shapes_in(shapes: list[Shape], messages: list[dict]) -> list[Shape]:
+    """The shapes of the media placed in ``messages`` (the first ones of each kind)."""
+    out = []
+    for kind in MEDIA_KINDS:
+        out += [s for s in shapes if s.kind == kind][: count_media(messages, kind)]
+    return out
+
+
+_BLANK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {token id: decodes to whitespace}
+
+
+def _blank_token(tok, token_id: int) -> bool:
+    """Whether a token decodes to whitespace only (remembered per tokenizer and token)."""
+    known = _BLANK.setdefault(tok, {})
+    if token_id not in known:
+        known[token_id] = not tok.decode([token_id]).strip()
+    return known[token_id]
 
 
 def check_length(enc: Encoded, max_length: int | None, source, line, field: str) -> Encoded:
@@ -175,14 +283,13 @@ def check_length(enc: Encoded, max_length: int | None, source, line, field: str)
     return enc
 
 
-def _prefix_len(processor, conv, messages, gen_prompt: bool, images: list, full_ids: list[int]) -> int:
-    text = render_conversation(processor, conv, messages, gen_prompt)
-    ids = _run(processor, text, images, messages)["input_ids"][0].tolist()
-    if full_ids[: len(ids)] != ids:
+def _prefix_len(prefix_ids: list[int], full_ids: list[int], conv: Conversation) -> int:
+    n = len(prefix_ids)
+    if full_ids[:n] != list(prefix_ids):
         raise conv.error("the chat template does not render this conversation's prefix as a prefix of the whole "
                          "conversation, so the reply cannot be located", field="messages",
                          fix="the model family needs a template patch")
-    return len(ids)
+    return n
 
 
 def _to_encoded(out: dict, labels: list[int] | None) -> Encoded:

@@ -72,17 +72,17 @@ def load_image(src, base_dir: str | None = None, *, source: str | None = None, l
                         fix="fix the path; relative paths resolve against the dataset file's folder") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         why = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise DataError(f"cannot decode image {_shown(src)}: {why}", **where,
+        raise DataError(f"cannot decode image {shown_source(src)}: {why}", **where,
                         fix="replace or remove the corrupt file") from None
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
-        raise DataError(f"image {_shown(src)} is animated ({frames} frames); one image would silently stand "
+        raise DataError(f"image {shown_source(src)} is animated ({frames} frames); one image would silently stand "
                         "for all of them", **where,
                         fix="give it under 'videos' (decoded frame by frame) or save the frame you mean as PNG")
     return as_viewed(image)
 
 
-def _shown(src) -> str:
+def shown_source(src) -> str:
     """A media source for an error message: paths and URLs whole, inline data cut short."""
     text = str(src) if not isinstance(src, bytes) else f"<{len(src)} bytes>"
     if not text.startswith("data:"):
@@ -152,6 +152,12 @@ def load_video(src, base_dir: str | None = None, *, fps: float | None = None, ma
             raise DataError("a video given as frames needs at least one frame", **where)
         keep = sample_indices(len(src), None, None, max_frames)
         return Video([load_image(src[i], base_dir, **where) for i in keep], keep, len(src), None)
+    data, shown = video_bytes(src, base_dir, where)
+    return _decode_video(data, shown, fps, max_frames, where)
+
+
+def video_bytes(src, base_dir: str | None, where: dict) -> tuple[bytes, str]:
+    """(the bytes of a video file, URL, data URI or `datasets` dict, how errors show it); DataError when unreadable."""
     if isinstance(src, dict):  # {"bytes": ..., "path": ...} as written by `datasets`
         src = src.get("bytes") or src.get("path")
     try:
@@ -160,8 +166,22 @@ def load_video(src, base_dir: str | None = None, *, fps: float | None = None, ma
         raise DataError(f"video file {resolve_path(str(src), base_dir)} does not exist", **where,
                         fix="fix the path; relative paths resolve against the dataset file's folder") from None
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read video {_shown(src)}: {e}", **where) from None
-    return _decode_video(data, _shown(src), fps, max_frames, where)
+        raise DataError(f"cannot read video {shown_source(src)}: {e}", **where) from None
+    return data, shown_source(src)
+
+
+def video_stream(container, shown: str, where: dict):
+    """(the first video stream of an open PyAV container, its frame rate or None, its number of frames); a
+    header that does not count the frames has them decoded and counted, then the container is rewound."""
+    if not container.streams.video:
+        raise DataError(f"video {shown} has no video stream", **where, fix="give a video file")
+    stream = container.streams.video[0]
+    rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+    total = stream.frames
+    if not total:
+        total = sum(1 for _ in container.decode(stream))
+        container.seek(0)
+    return stream, rate, total
 
 
 def _decode_video(data: bytes, shown: str, fps: float | None, max_frames: int | None, where: dict) -> Video:
@@ -169,13 +189,7 @@ def _decode_video(data: bytes, shown: str, fps: float | None, max_frames: int | 
 
     try:
         with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise DataError(f"video {shown} has no video stream", **where, fix="give a video file")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            total = stream.frames or sum(1 for _ in container.decode(stream))
-            if not stream.frames:
-                container.seek(0)
+            stream, rate, total = video_stream(container, shown, where)
             keep = sample_indices(total, rate, fps, max_frames)
             wanted, frames = set(keep), []
             for i, frame in enumerate(container.decode(stream)):

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -79,29 +80,59 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def _fit(samples: list, capacity: int, truncation: str, report: PackReport) -> list:
+def pack_indices(lengths, capacity: int, *, truncation: str = "raise") -> tuple[list[list[int]], PackReport]:
+    """Packs of sample indices (each pack's in ascending order) by best-fit-decreasing over ``lengths``.
+
+    A sample longer than ``capacity`` is skipped and counted under ``truncation`` 'delete', else an error."""
+    report = PackReport(samples_in=len(lengths), capacity=capacity)
     kept = []
-    for i, s in enumerate(samples):
-        if len(s) <= capacity:
-            kept.append(s)
+    for i, n in enumerate(lengths):
+        if n <= capacity:
+            kept.append(i)
         elif truncation == "delete":
             report.skipped["longer than packing_length"] += 1
         else:
-            raise DataError(f"training sample {i} has {len(s)} tokens, more than packing_length {capacity}",
+            raise DataError(f"training sample {i} has {n} tokens, more than packing_length {capacity}",
                             field="packing_length",
                             fix="raise --packing_length (it must be >= --max_length), or use "
                                 "--truncation_strategy delete to skip such samples")
-    return kept
+    bins = best_fit_decreasing([int(lengths[i]) for i in kept], capacity)
+    packs = [sorted(kept[j] for j in b) for b in bins]
+    report.packs, report.samples_out = len(packs), sum(len(p) for p in packs)
+    report.tokens = sum(int(lengths[i]) for p in packs for i in p)
+    return packs, report
 
 
 def pack(samples: list, capacity: int, *, truncation: str = "raise") -> tuple[list[list], PackReport]:
     """Combine the whole dataset into packs by best-fit-decreasing over exact encoded lengths."""
-    report = PackReport(samples_in=len(samples), capacity=capacity)
-    kept = _fit(samples, capacity, truncation, report)
-    packs = [[kept[i] for i in sorted(b)] for b in best_fit_decreasing([len(s) for s in kept], capacity)]
-    report.packs, report.samples_out = len(packs), sum(len(p) for p in packs)
-    report.tokens = sum(len(s) for p in packs for s in p)
-    return packs, report
+    packs, report = pack_indices([len(s) for s in samples], capacity, truncation=truncation)
+    return [[samples[i] for i in p] for p in packs], report
+
+
+class PackedSet(torch.utils.data.Dataset):
+    """Packs of a dataset's samples, each loaded (media included) when a batch asks for it: item ``i`` is the
+    list of samples ``packs[i]``. Padding-free batches are packs of one sample each."""
+
+    def __init__(self, data, packs: list[list[int]] | None = None):
+        self.data = data
+        sizes = [len(p) for p in packs] if packs is not None else [1] * len(data)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.members = np.asarray([i for p in packs for i in p] if packs is not None else np.arange(len(data)),
+                                  dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens of each pack (what --group_by_length groups padding-free batches by)."""
+        return np.add.reduceat(np.asarray(self.data.lengths)[self.members], self.offsets[:-1]) if len(self) else \
+            np.zeros(0, dtype=np.int64)
+
+    def __getitem__(self, i: int) -> list:
+        if i < 0 or i >= len(self):
+            raise IndexError(i)
+        return [self.data[int(j)] for j in self.members[self.offsets[i]:self.offsets[i + 1]]]
 
 
 def rope_index_fn(model) -> Callable | None:
@@ -137,18 +168,25 @@ def to_segments(samples: list[Encoded], model) -> list[Segment]:
 class FlatCollator:
     """Concatenate every sample of a batch into one row without padding (packing and padding-free).
 
-    Items are Segments (padding-free) or lists of Segments (packs). Plain Encoded items, as the
-    evaluation set holds, are never packed: they go to the padded ``Collator``.
+    Items are Segments (padding-free) or lists of Segments or of Encoded samples (packs; an Encoded sample's
+    mRoPE positions are computed here with ``rope_index``, the model's ``get_rope_index``, when it has one).
+    Plain Encoded items, as the evaluation set holds, are never packed: they go to the padded ``Collator``.
     """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, rope_index: Callable | None = None):
         self.padded = Collator(pad_token_id)
+        self.rope_index = rope_index
 
     def __call__(self, items: list) -> dict[str, torch.Tensor]:
         if all(isinstance(x, Encoded) for x in items):
             return self.padded(items)
-        segments = [s for x in items for s in (x if isinstance(x, list) else [x])]
+        segments = [self._segment(s) for x in items for s in (x if isinstance(x, list) else [x])]
         return flatten(segments)
+
+    def _segment(self, s) -> Segment:
+        if isinstance(s, Segment):
+            return s
+        return Segment(s, mrope_positions(s, self.rope_index) if self.rope_index is not None else None)
 
 
 def flatten(segments: list[Segment]) -> dict[str, torch.Tensor]:

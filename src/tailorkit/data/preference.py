@@ -16,6 +16,7 @@ KL companion) is kept only when both sides survive, and a skipped one is counted
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from ..errors import DataError
 from .collate import Collator
 from .dataset import EncodeReport, encode_all, encode_one, load_conversations
-from .encode import Encoded, encode, encode_prompt
+from .encode import Encoded, encode, index_prompt
 from .formats import Conversation, parse_row
 
 
@@ -135,37 +136,39 @@ def convs_of(item) -> list[Conversation]:
 # ---- encoding ------------------------------------------------------------------------------------------------
 
 def encode_pair(pair: PreferencePair, processor, *, max_length: int, truncation: str,
-                report: EncodeReport) -> EncodedPair | None:
-    """Both sides encoded under the truncation strategy; None (counted once) unless both survive."""
+                report: EncodeReport, media: bool = True) -> EncodedPair | None:
+    """Both sides encoded under the truncation strategy; None (counted once) unless both survive.
+
+    ``media=False``: indexed only, media still to load (``dataset.encode_one``)."""
     sides = encode_together([pair.chosen, pair.rejected], processor, max_length=max_length, truncation=truncation,
-                            report=report)
+                            report=report, media=media)
     return None if sides is None else EncodedPair(*sides, margin=pair.margin)
 
 
 def encode_kto(item: tuple[KtoSample, Conversation], processor, *, max_length: int, truncation: str,
-               report: EncodeReport) -> EncodedKto | None:
+               report: EncodeReport, media: bool = True) -> EncodedKto | None:
     """A KTO sample and its KL companion (``kto_with_companions``); None (counted once) unless both survive."""
     sample, companion = item
     sides = encode_together([sample.conv, companion], processor, max_length=max_length, truncation=truncation,
-                            report=report)
+                            report=report, media=media)
     return None if sides is None else EncodedKto(sides[0], sides[1], sample.label)
 
 
 def encode_prompt_sample(sample: PromptSample, processor, *, max_length: int, truncation: str,
-                         report: EncodeReport) -> EncodedPrompt | None:
+                         report: EncodeReport, media: bool = True) -> EncodedPrompt | None:
     """A rollout prompt; one over ``max_length`` raises or is skipped (a prompt has no reply, so it is never cut)."""
     prompt = encode_one(sample.conv, processor, max_length=max_length, truncation=truncation, report=report,
-                        encoder=encode_prompt)
+                        encoder=index_prompt, media=media)
     return None if prompt is None else EncodedPrompt(sample, prompt)
 
 
 def encode_together(convs: list[Conversation], processor, *, max_length: int, truncation: str,
-                    report: EncodeReport) -> list[Encoded] | None:
+                    report: EncodeReport, media: bool = True) -> list[Encoded] | None:
     """Encode conversations that train only together; the first one skipped skips the group (counted once)."""
     own = EncodeReport()
     out = []
     for conv in convs:
-        enc = encode_one(conv, processor, max_length=max_length, truncation=truncation, report=own)
+        enc = encode_one(conv, processor, max_length=max_length, truncation=truncation, report=own, media=media)
         if enc is None:
             report.skipped.update(own.skipped)
             return None
@@ -174,12 +177,26 @@ def encode_together(convs: list[Conversation], processor, *, max_length: int, tr
     return out
 
 
-def kto_with_companions(items: list[KtoSample]) -> list[tuple[KtoSample, Conversation]]:
+def kto_with_companions(items) -> list[tuple[KtoSample, Conversation]]:
     """Each KTO sample with its KL companion: its prompt with the next sample's reply (the last takes the first's)."""
-    replies = [s.conv.messages[-1] for s in items]
-    return [(s, dataclasses.replace(s.conv, messages=s.conv.messages[:-1] + [replies[(i + 1) % len(replies)]],
-                                    label=None))
-            for i, s in enumerate(items)]
+    return list(kto_pairs(items))
+
+
+def kto_pairs(items) -> Iterator[tuple[KtoSample, Conversation]]:
+    """``kto_with_companions`` lazily, over any indexable sequence of KTO samples (read twice each); warns when
+    every label is the same (KTO learns from both kinds)."""
+    labels = set()
+    for i in range(len(items)):
+        s, following = items[i], items[(i + 1) % len(items)]
+        labels.add(s.label)
+        yield s, dataclasses.replace(s.conv, messages=s.conv.messages[:-1] + [following.conv.messages[-1]],
+                                     label=None)
+    if len(labels) == 1:
+        warn_one_label(s.conv.source)
+
+
+def warn_one_label(where) -> None:
+    print(f"[tailorkit] warning: every KTO sample of {where} has the same label; KTO learns from both kinds")
 
 
 def encode_kto_all(items: list[KtoSample], processor, *, max_length: int, truncation: str, desc: str = "encoding"

@@ -7,6 +7,8 @@ token of a span, or leave no supervised token, is refused: the caller deletes an
 
 from __future__ import annotations
 
+import dataclasses
+
 from .encode import IGNORE, Encoded, media_token_ids
 
 UNCUTTABLE = "longer than max_length, and a cut would hit media or leave no reply"
@@ -49,5 +51,9 @@ def truncate(enc: Encoded, max_length: int, side: str, processor) -> Encoded | N
     labels = enc.labels[keep]
     if all(x == IGNORE for x in labels):
         return None
+    pending = enc.pending
+    if pending is not None:  # the processor's tokens that ``materialize`` keeps
+        start = pending.keep[0] if pending.keep else 0
+        pending = dataclasses.replace(pending, keep=(start + keep.start, start + keep.stop))
     return Encoded(input_ids=enc.input_ids[keep], labels=labels, media=enc.media,
-                   token_fields={k: v[keep] for k, v in enc.token_fields.items()})
+                   token_fields={k: v[keep] for k, v in enc.token_fields.items()}, pending=pending)

@@ -122,12 +122,15 @@ def default_backend() -> str:
 def quiet() -> None:
     """Rank > 0 prints nothing to stdout and shows no progress bars: rank 0 speaks for the run (errors and
     warnings still reach stderr)."""
-    import datasets
     import transformers
 
     sys.stdout = open(os.devnull, "w")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets
+    except ImportError:  # left out of a run that reads only data files (startup.py): no bars to silence
+        return
     datasets.disable_progress_bars()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,19 +98,26 @@ def config_is_multimodal(config, family: Family | None = None) -> bool:
 
 
 def model_config(args: ModelArgs, path: str | None = None):
-    """The model's config (no weights); a model whose own code must run without --trust_remote_code, or a
-    folder that is not a model, is a ModelError that says what to do."""
-    from transformers import AutoConfig
-
+    """The model's config (no weights; read once per model and process: every check before loading reuses it).
+    A model whose own code must run without --trust_remote_code, or a folder that is not a model, is a
+    ModelError that says what to do."""
     path = path or args.model
     if path is None:
         raise ModelError("no model given")
     if Path(path).exists() and not (Path(path) / "config.json").is_file():
         raise ModelError(f"{path} has no config.json; point --model at a saved model directory")
+    stamp = (Path(path) / "config.json").stat().st_mtime_ns if Path(path).is_dir() else None
+    return _config(path, args.trust_remote_code, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _config(path: str, trust_remote_code: bool, stamp: int | None):  # ``stamp``: a rewritten config reads anew
+    from transformers import AutoConfig
+
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=args.trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        if "trust_remote_code" in str(e) and not args.trust_remote_code:
+        if "trust_remote_code" in str(e) and not trust_remote_code:
             raise ModelError(f"{path} is built by its own Python code (config.json's auto_map), which runs only "
                              "when you allow it: read that code, then add --trust_remote_code true (in YAML: "
                              "trust_remote_code: true)") from None
@@ -249,23 +257,32 @@ def _shallowest(names: list[str], wanted: tuple[str, ...], exclude: tuple[str, .
     return ()
 
 
-def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
-    """Load model, processor and family for ``args.model`` (a hub id or a local directory).
-
-    ``load_kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config``).
-    """
-    import transformers
-
-    path = args.model
+def bundle_processor(args: ModelArgs):
+    """The processor ``load_bundle`` gives the model (family template patch, media budget, agent template),
+    loaded without the weights: data is encoded with it before any weights load."""
     config = model_config(args)
     family = detect_family(config, args.model_type)
     if family is not None and family.trust_remote_code and not args.trust_remote_code:
-        raise ModelError(f"{path} is a {family.name} model, which exists only as remote code; pass "
+        raise ModelError(f"{args.model} is a {family.name} model, which exists only as remote code; pass "
                          "--trust_remote_code true after reading the model's code")
     check_identity(args, config, family)
-    processor = load_processor(path, args.trust_remote_code, chat_template_for(args, family), family)
+    processor = load_processor(args.model, args.trust_remote_code, chat_template_for(args, family), family)
     apply_media_budget(processor, args)
     apply_agent_template(processor, args.agent_template)
+    return processor
+
+
+def load_bundle(args: ModelArgs, processor=None, **load_kwargs) -> ModelBundle:
+    """Load model, processor and family for ``args.model`` (a hub id or a local directory).
+
+    ``processor``: the one ``bundle_processor`` gave (loaded again when None). ``load_kwargs`` go to
+    ``from_pretrained`` (e.g. a ``quantization_config``).
+    """
+    import transformers
+
+    config = model_config(args)
+    family = detect_family(config, args.model_type)
+    processor = processor if processor is not None else bundle_processor(args)
     auto_name = family.auto_class if family is not None else auto_class_for(config)
     auto = getattr(transformers, auto_name)
     kwargs = dict(dtype=resolve_dtype(args.torch_dtype), trust_remote_code=args.trust_remote_code,
@@ -274,9 +291,9 @@ def load_bundle(args: ModelArgs, **load_kwargs) -> ModelBundle:
         kwargs["attn_implementation"] = args.attn_impl
     kwargs.update(load_kwargs)
     try:
-        model = auto.from_pretrained(path, **kwargs)
+        model = auto.from_pretrained(args.model, **kwargs)
     except TypeError as e:  # typically a --model_kwargs key this model's __init__ does not take
-        raise ModelError(f"{path}: from_pretrained refused its arguments ({e}); check --model_kwargs "
+        raise ModelError(f"{args.model}: from_pretrained refused its arguments ({e}); check --model_kwargs "
                          f"{sorted(args.model_kwargs)}") from None
     if family is None:
         family = infer_family(model, config, auto_name)

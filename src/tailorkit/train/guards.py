@@ -1,7 +1,7 @@
 """What keeps a run safe, built before its trainer: resume checks, atomic checkpoints, signals, alarms, stream position.
 
 ``resume_point`` runs before anything loads (a changed config is refused fast); ``make_guards`` runs once
-the training data is encoded (it fingerprints it) and returns the ``Guards``: the callbacks and the
+the training data is encoded (its fingerprint: the encoded-data cache key, data/build.py) and returns the ``Guards``: the callbacks and the
 ``TrainerHooks`` the recipe builds the Trainer with. ``train/recipe.fit`` trains under them.
 """
 
@@ -56,7 +56,9 @@ def make_guards(cfg: SftConfig, out: Path, resume: Path | None, train_set, write
     digest of them) and a resume reads past those rows, refusing other content, without encoding them.
     """
     stream = train_set if isinstance(train_set, StreamingEncoded) else None
-    fingerprint = data_fingerprint(train_set) if stream is None else None
+    fingerprint = None
+    if stream is None:  # the encoded data's cache key and the items taken; plain lists are hashed whole
+        fingerprint = train_set.fingerprint() if hasattr(train_set, "fingerprint") else data_fingerprint(train_set)
     stream_resumed = False
     if resume is not None and not cfg.train.resume_only_model:
         check_resume(resume, cfg.flat(), fingerprint)
@@ -75,8 +77,17 @@ def make_guards(cfg: SftConfig, out: Path, resume: Path | None, train_set, write
                          after_batch=[alarms.observe_batch], restore_rng_at_first_batch=stream_resumed)
     if stream is not None and PartialState().num_processes == 1:
         # Count the streamed samples trained on: checkpoints record where they end in the stream.
-        hooks.after_batch.append(lambda inputs, loss: stream.consume(len(inputs["input_ids"])))
+        hooks.after_batch.append(lambda inputs, loss: stream.consume(samples_in(inputs)))
     return Guards(resume, cfg.train.resume_only_model, hooks.checkpoints, StopOnSignal(), alarms, progress, hooks)
+
+
+def samples_in(batch: dict) -> int:
+    """Samples in a training batch: its rows, or in a packed / padding-free row the number of position restarts."""
+    positions = batch.get("position_ids")
+    if positions is None or "attention_mask" in batch:
+        return len(batch["input_ids"])
+    text = positions[0] if positions.dim() == 3 else positions  # mRoPE rows: the text positions come first
+    return int((text == 0).sum())
 
 
 def _resume_stream(cfg: SftConfig, resume: Path, stream: StreamingEncoded) -> bool:

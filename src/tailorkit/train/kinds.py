@@ -18,10 +18,13 @@ import torch
 from ..config.rlhf import RlhfConfig
 from ..config.train import ModelArgs, SftConfig, TunerArgs
 from ..data.collate import Collator
-from ..data.dataset import encode_all, load_conversations, load_text_samples
+from ..data.build import RowKind
+from ..data.dataset import encode_all, encode_one, load_conversations, load_text_samples
 from ..data.distill import DistillCollator, encode_distill
-from ..data.preference import (KtoCollator, PairCollator, encode_kto_all, encode_pair, encode_prompt_sample,
-                               load_rows, parse_kto_row, parse_preference_row, parse_prompt_row, prompt_collate)
+from ..data.formats import parse_row, parse_text_row
+from ..data.preference import (KtoCollator, PairCollator, convs_of, encode_kto, encode_kto_all, encode_pair,
+                               encode_prompt_sample, kto_pairs, load_rows, parse_kto_row, parse_preference_row,
+                               parse_prompt_row, prompt_collate, warn_one_label)
 from ..distributed.ulysses import SequenceParallel
 from ..errors import ConfigError
 from ..models.load import ModelBundle, load_bundle
@@ -40,22 +43,23 @@ from .rollout import Sampler, Sampling
 
 # ---- models, tuners, references -----------------------------------------------------------------------------
 
-def load_policy(cfg: SftConfig) -> ModelBundle:
-    """The model to train, loaded as its tuner plan needs (quantized for QLoRA)."""
-    return load_bundle(cfg.model, **plan_load_kwargs(cfg.model, cfg.tuner))
+def load_policy(cfg: SftConfig, processor) -> ModelBundle:
+    """The model to train, loaded as its tuner plan needs (quantized for QLoRA), with ``processor`` (the one
+    ``models.load.bundle_processor`` gave, which encoded the data)."""
+    return load_bundle(cfg.model, processor, **plan_load_kwargs(cfg.model, cfg.tuner))
 
 
-def load_reward_policy(cfg: SftConfig) -> ModelBundle:
+def load_reward_policy(cfg: SftConfig, processor) -> ModelBundle:
     """rm: the model (any causal LM or VLM) with a value head on its last hidden state (models/value_head.py)."""
-    bundle = load_policy(cfg)
+    bundle = load_policy(cfg, processor)
     add_value_head(bundle.model, seed=cfg.train.seed)
     return bundle
 
 
-def load_ppo_policy(cfg: RlhfConfig) -> ModelBundle:
+def load_ppo_policy(cfg: RlhfConfig, processor) -> ModelBundle:
     """ppo: the policy with its value head, as wide as the backbone it reads (the policy's, or --value_model's);
     a reward model given as --value_model starts the head from its trained one."""
-    bundle = load_policy(cfg)
+    bundle = load_policy(cfg, processor)
     critic = cfg.ppo.value_model
     trained = trained_head(critic) if critic else None
     width = None if critic is None else trained.shape[1] if trained is not None else _hidden_size(critic, cfg)
@@ -124,8 +128,7 @@ def load_kto_rows(specs: list[str], *, system: str | None, seed: int, preprocess
     """KTO rows (a conversation and a boolean label), with a warning when all labels agree."""
     items = load_rows(specs, parse_kto_row, system=system, seed=seed, preprocess=preprocess)
     if len({s.label for s in items}) < 2:
-        print(f"[tailorkit] warning: every KTO sample of {', '.join(specs)} has the same label; KTO learns from "
-              "both kinds")
+        warn_one_label(", ".join(specs))
     return items
 
 
@@ -258,10 +261,11 @@ class Kind:
     # (items, processor, *, max_length, truncation, desc) -> (encoded items, EncodeReport), through data/'s encoder
     encode: Callable[..., tuple]
     collator: Callable[[int, SftConfig], Callable]  # (pad token id, cfg) -> the function that batches encoded items
+    rows: RowKind  # how a run reads and encodes its rows into the encoded-data cache (data/build.py)
     # (cfg, bundle, plan, reference) -> the object whose compute_loss the Trainer calls
     algorithm: Callable[..., Algorithm]
     text: bool = False  # rows are raw-text documents (pt); --streaming reads them as such
-    load_model: Callable[[SftConfig], ModelBundle] = load_policy  # cfg -> the model to train
+    load_model: Callable[..., ModelBundle] = load_policy  # (cfg, processor) -> the model to train
     tuner: Callable[[SftConfig, ModelBundle], TunerArgs] = configured_tuner  # the tuner settings to apply
     # the reference policy (gkd: the teacher), if any
     reference: Callable[[SftConfig, ModelBundle], ReferenceModel] = no_reference
@@ -271,28 +275,33 @@ def _pairs(name: str, algorithm: Callable, **kwargs) -> Kind:
     """A kind trained on chosen/rejected pairs."""
     return Kind(name, load=functools.partial(load_rows, parse=parse_preference_row),
                 encode=functools.partial(encode_all, encode_item=encode_pair), collator=pair_padded,
-                algorithm=algorithm, **kwargs)
+                rows=RowKind(parse_preference_row, encode_pair, convs_of=convs_of), algorithm=algorithm, **kwargs)
 
 
 def _prompts(name: str, algorithm: Callable, **kwargs) -> Kind:
     """An online kind: prompt rows, completions sampled and scored while training."""
     return Kind(name, load=functools.partial(load_rows, parse=parse_prompt_row),
                 encode=functools.partial(encode_all, encode_item=encode_prompt_sample), collator=unpadded,
-                algorithm=algorithm, reference=reference_policy, **kwargs)
+                rows=RowKind(parse_prompt_row, encode_prompt_sample, convs_of=convs_of), algorithm=algorithm,
+                reference=reference_policy, **kwargs)
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("sft", load=load_conversations, encode=encode_all, collator=padded, algorithm=sft_algorithm),
-    Kind("pt", load=load_text_rows, encode=encode_all, collator=padded, algorithm=sft_algorithm, text=True),
+    Kind("sft", load=load_conversations, encode=encode_all, collator=padded, rows=RowKind(parse_row, encode_one),
+         algorithm=sft_algorithm),
+    Kind("pt", load=load_text_rows, encode=encode_all, collator=padded,
+         rows=RowKind(parse_text_row, encode_one, text=True), algorithm=sft_algorithm, text=True),
     _pairs("dpo", dpo_algorithm, reference=reference_policy),
     _pairs("orpo", reference_free_algorithm),
     _pairs("simpo", reference_free_algorithm),
     _pairs("cpo", reference_free_algorithm),
-    Kind("kto", load=load_kto_rows, encode=encode_kto_all, collator=kto_padded, algorithm=kto_algorithm,
+    Kind("kto", load=load_kto_rows, encode=encode_kto_all, collator=kto_padded,
+         rows=RowKind(parse_kto_row, encode_kto, convs_of=convs_of, pairing=kto_pairs), algorithm=kto_algorithm,
          reference=reference_policy),
     _pairs("rm", reward_model_algorithm, load_model=load_reward_policy, tuner=reward_tuner),
     _prompts("ppo", ppo_algorithm, load_model=load_ppo_policy, tuner=value_tuner),
     Kind("gkd", load=load_conversations, encode=functools.partial(encode_all, encode_item=encode_distill),
-         collator=distill_padded, algorithm=gkd_algorithm, reference=load_teacher),
+         collator=distill_padded, rows=RowKind(parse_row, encode_distill), algorithm=gkd_algorithm,
+         reference=load_teacher),
     _prompts("grpo", grpo_algorithm),
 )}

@@ -188,14 +188,14 @@ class ReferenceModel:
         if model is not None:
             model.eval().requires_grad_(False)
 
-    def precompute(self, datasets: list[list], collate, model) -> None:
+    def precompute(self, datasets: list, collate, model) -> None:
         """With --precompute_ref_log_probs, fill the encoded items' reference log-probs now, from the untrained
         ``model``; the algorithms then read them from the batch instead of running a reference."""
         if self.precompute_batch_size is None:
             return
-        items = [item for dataset in datasets for item in dataset]
-        precompute_reference(items, collate, model, batch_size=self.precompute_batch_size)
-        print(f"[tailorkit] reference log-probs precomputed for {len(items)} samples")
+        for dataset in datasets:
+            precompute_reference(dataset, collate, model, batch_size=self.precompute_batch_size)
+        print(f"[tailorkit] reference log-probs precomputed for {sum(len(d) for d in datasets)} samples")
 
     @contextlib.contextmanager
     def active(self, trainer, model):
@@ -369,22 +369,36 @@ class RewardModelAlgorithm:
 
 
 @torch.no_grad()
-def precompute_reference(items: list, collate, model, *, batch_size: int = 8) -> None:
-    """Fill ``ref_*`` log-probs of encoded pairs / KTO samples with ``model`` (the untrained policy)."""
+def precompute_reference(items, collate, model, *, batch_size: int = 8) -> None:
+    """Fill ``ref_*`` log-probs of encoded pairs / KTO samples with ``model`` (the untrained policy).
+
+    ``items``: a list of items (set in place) or a dataset that keeps them (``annotate``, as
+    ``data.encoded_set.EncodedSet`` does: its items are loaded anew for every batch)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
         for i in range(0, len(items), batch_size):
-            chunk = items[i: i + batch_size]
+            at = range(i, min(i + batch_size, len(items)))
+            chunk = [items[j] for j in at]
             batch = {k: v.to(device) for k, v in collate(chunk).items()}
             if isinstance(chunk[0], EncodedPair):
                 chosen, rejected = pair_sequence_logps(model, batch, "rejected_input_ids" not in batch)
-                for item, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
-                    item.ref_chosen_logps, item.ref_rejected_logps = c, r
+                values = [dict(ref_chosen_logps=c, ref_rejected_logps=r)
+                          for c, r in zip(chosen.tolist(), rejected.tolist())]
             else:
                 logps = sequence_logps(model, batch).tolist()
-                for item, lp, kl in zip(chunk, logps, sequence_logps(model, batch, prefix="kl_").tolist()):
-                    item.ref_logps, item.ref_kl_logps = lp, kl
+                values = [dict(ref_logps=lp, ref_kl_logps=kl)
+                          for lp, kl in zip(logps, sequence_logps(model, batch, prefix="kl_").tolist())]
+            for j, item, fields in zip(at, chunk, values):
+                _keep(items, j, item, fields)
     finally:
         model.train(was_training)
+
+
+def _keep(items, j: int, item, fields: dict) -> None:
+    if hasattr(items, "annotate"):
+        items.annotate(j, **fields)
+    else:
+        for name, value in fields.items():
+            setattr(item, name, value)

@@ -9,7 +9,6 @@ atomically and prints the run summary. What differs between sft, pt, dpo ... grp
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,14 +17,16 @@ import yaml
 from accelerate import PartialState
 
 from ..config.train import SftConfig
+from ..data.build import EncodeRequest, check_rows, encoded_sets
 from ..data.dataset import EncodeReport, StreamingEncoded
+from ..data.encoded_set import EncodedSet
 from ..data.validate import preflight_stream
 from ..distributed.engines import check_distributed, explain_collective_error, shards_weights
 from ..distributed.fsdp import fsdp_by_hand, shard_on_cpu
 from ..distributed.launch import init_processes, start_line
 from ..distributed.media import keep_collectives_in_step
-from ..errors import ConfigError, TrainingStopped
-from ..models.load import ModelBundle
+from ..errors import ConfigError, ModelError, TrainingStopped
+from ..models.load import ModelBundle, bundle_processor
 from ..plugins import Plugins, load_plugins
 from ..run_files import CONFIG_FILE, FINAL_DIR, LOG_FILE
 from ..tuners.adapters import apply_tuner
@@ -51,8 +52,8 @@ class Run:
     bundle: ModelBundle = field(repr=False)
     model: torch.nn.Module = field(repr=False)  # the model being trained (peft-wrapped for adapters)
     plan: Plan
-    train_set: list | StreamingEncoded = field(repr=False)  # what the trainer iterates (packs when packing)
-    val_set: list = field(repr=False)
+    train_set: EncodedSet | StreamingEncoded = field(repr=False)  # what the trainer iterates (packs when packing)
+    val_set: EncodedSet = field(repr=False)
     report: EncodeReport  # kept, cut and skipped samples (a stream's counts grow while it trains)
     algorithm: Algorithm
     guards: Guards = field(repr=False)
@@ -91,11 +92,13 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     resume = resume_point(cfg, out)
     check_distributed(cfg, kind, world, resume)
     check_batching(cfg)
-    train_items, val_items = read_rows(cfg, spec, plugins.preprocess)  # every row checked, before any weights
+    processor = load_processor_or_check_rows(cfg, spec, plugins)
+    with PartialState().local_main_process_first():  # one process per machine encodes; the others read its cache
+        train_set, val_set, report = encode_rows(cfg, spec, processor, plugins)  # every row checked, before weights
     gen_eval = generation_eval(cfg)  # --eval_dataset: read and checked before weights too
 
     set_seed(cfg.train.seed)
-    bundle = spec.load_model(cfg)
+    bundle = spec.load_model(cfg, processor)
     reference = spec.reference(cfg, bundle)  # before the tuner: a frozen copy is of the untouched model
     model, plan = apply_tuner(bundle, spec.tuner(cfg, bundle))
     prepare_precision(cfg, model)  # fp32 master copies of trained weights under bf16/fp16
@@ -103,17 +106,15 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     print(f"[tailorkit] {kind} on {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
 
-    train_set, val_set, report = encode_rows(cfg, spec, bundle.processor, train_items, val_items,
-                                             preprocess=plugins.preprocess)
     collator = spec.collator(bundle.tokenizer.pad_token_id, cfg)
-    reference.precompute([train_set, val_set], collator, model)  # before the fingerprint: it covers them
+    reference.precompute([train_set, val_set], collator, model)
     algorithm = spec.algorithm(cfg, bundle, plan, reference)
 
     write_config = config_writer(cfg)
     out.mkdir(parents=True, exist_ok=True)
     if PartialState().is_main_process:
         write_config(out)
-    guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
+    guards = make_guards(cfg, out, resume, train_set, write_config)  # the encoded data's fingerprint
     if cfg.data.packing or cfg.data.padding_free:
         train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
     keep_collectives_in_step(model, bundle.family, world, sharded=shards_weights(cfg.dist))  # text-only batches
@@ -177,19 +178,15 @@ def run_plugins(cfg: SftConfig, kind: str) -> Plugins:
     return plugins
 
 
-def read_rows(cfg: SftConfig, spec: Kind, preprocess=None) -> tuple[list, list]:
-    """(training rows, validation rows), every row parsed and checked; a stream's first rows only.
-
-    ``preprocess`` (plugin preprocessors) rewrites every raw row before it is parsed."""
-    seed = cfg.data.data_seed if cfg.data.data_seed is not None else cfg.train.seed
-    d = cfg.data
-    if d.streaming:  # rows are checked as the stream reaches them; the first ones here, before weights
-        preflight_stream(d.dataset, system=d.system, text=spec.text, preprocess=preprocess)
-    train = [] if d.streaming else spec.load(d.dataset, system=d.system, seed=seed, preprocess=preprocess)
-    val = spec.load(d.val_dataset, system=d.system, seed=seed, preprocess=preprocess) if d.val_dataset else []
-    if not val and d.split_dataset_ratio > 0:
-        train, val = split(train, d.split_dataset_ratio, seed)
-    return train, val
+def load_processor_or_check_rows(cfg: SftConfig, spec: Kind, plugins: Plugins):
+    """The processor the data is encoded with (no weights); where it cannot load, the rows are checked first so
+    that broken data is reported before a missing or broken model."""
+    try:
+        return bundle_processor(cfg.model)
+    except ModelError:
+        d = cfg.data
+        check_rows([*d.dataset, *d.val_dataset], spec.rows, system=d.system, preprocess=plugins.preprocess)
+        raise
 
 
 def generation_eval(cfg: SftConfig) -> list:
@@ -207,34 +204,35 @@ def generation_eval(cfg: SftConfig) -> list:
                                    batch_size=t.per_device_eval_batch_size)]
 
 
-def split(items: list, ratio: float, seed: int) -> tuple[list, list]:
-    """(rest, held out): a seeded ``ratio`` of the rows (at least one) held out for validation."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, int(round(len(items) * ratio)))
-    val_idx = set(order[:n_val])
-    return [x for i, x in enumerate(items) if i not in val_idx], [items[i] for i in sorted(val_idx)]
+# ---- encoding (before any weights load) ---------------------------------------------------------------------
 
+def encode_rows(cfg: SftConfig, spec: Kind, processor, plugins: Plugins):
+    """(train set, validation set, report): every row read, checked and encoded (token ids and exact lengths; media
+    load per batch) through the encoded-data cache (``data/build.py``), under --truncation_strategy.
 
-# ---- after the model loads ----------------------------------------------------------------------------------
-
-def encode_rows(cfg: SftConfig, spec: Kind, processor, train_items: list, val_items: list, preprocess=None):
-    """(train set, validation set, report): every row through the one encoder under --truncation_strategy.
-
-    The report counts kept, cut and skipped samples (validation skips marked '(val)'); it is printed now
-    and again at the end of the run, and its skips go to the run summary.
+    With --streaming the training rows are read, checked and encoded as training consumes them (the first
+    ones are checked now). The report counts kept, cut and skipped samples (validation skips marked '(val)');
+    it is printed now and again at the end of the run, and its skips go to the run summary.
     """
     d = cfg.data
-    limits = dict(max_length=d.max_length, truncation=d.truncation_strategy)
-    train_set, report = spec.encode(train_items, processor, desc="encoding train", **limits)
+    request = EncodeRequest(kind=spec.name, specs=() if d.streaming else tuple(d.dataset),
+                            val_specs=tuple(d.val_dataset), system=d.system,
+                            seed=d.data_seed if d.data_seed is not None else cfg.train.seed,
+                            split_ratio=d.split_dataset_ratio, max_length=d.max_length,
+                            truncation=d.truncation_strategy, num_proc=d.dataset_num_proc,
+                            use_cache=d.load_from_cache_file, cache_dir=d.dataset_cache_dir,
+                            preprocess=plugins.preprocess, preprocess_digest=plugins.preprocess_digest)
+    train_set, val_set, report = encoded_sets(request, spec.rows, processor)
     if d.streaming:
-        train_set = StreamingEncoded(d.dataset, processor, system=d.system, text=spec.text, preprocess=preprocess,
-                                     **limits)
-        report = train_set.report
-    val_set, val_report = spec.encode(val_items, processor, desc="encoding val", **limits)
-    report.skipped.update({f"{k} (val)": v for k, v in val_report.skipped.items()})
+        preflight_stream(d.dataset, system=d.system, text=spec.text, preprocess=plugins.preprocess)
+        train_set = StreamingEncoded(d.dataset, processor, system=d.system, text=spec.text,
+                                     max_length=d.max_length, truncation=d.truncation_strategy,
+                                     packing_length=(d.packing_length or d.max_length) if d.packing else None,
+                                     preprocess=plugins.preprocess)
+        report.skipped.update(train_set.report.skipped)
+        train_set.report = report
     print(f"[tailorkit] {report.summary()}; {len(val_set)} validation samples")
-    if not d.streaming and not train_set:
+    if not d.streaming and not len(train_set):
         raise ConfigError("no training sample is left after encoding")
     return train_set, val_set, report
 

@@ -176,10 +176,10 @@ class Trainer(transformers.Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         # --group_by_length: the base class reads lengths from dict rows only; ours are Encoded objects
-        # (and pairs, KTO samples, prompts), each with a len().
+        # (and pairs, KTO samples, prompts), each with a len(), or an encoded set that knows every length.
         # --sequence_parallel_size k: the k ranks of a group must get the same batches.
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, list):
+        if self.args.train_sampling_strategy == "group_by_length" and _has_lengths(dataset):
             sampler = length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
         elif self.sequence_parallel > 1 and self.args.train_sampling_strategy == "random":
             sampler = seeded_order(dataset, self.args.data_seed)
@@ -195,7 +195,7 @@ class Trainer(transformers.Trainer):
 
     def _get_eval_sampler(self, eval_dataset):
         # As _get_train_sampler, for evaluation batches.
-        if self.args.train_sampling_strategy == "group_by_length" and isinstance(eval_dataset, list):
+        if self.args.train_sampling_strategy == "group_by_length" and _has_lengths(eval_dataset):
             return length_grouped(eval_dataset, self.args.eval_batch_size)
         return super()._get_eval_sampler(eval_dataset)
 
@@ -284,11 +284,17 @@ class RepeatSteps(torch.utils.data.Sampler):
             self.sampler.set_epoch(epoch)
 
 
-def length_grouped(dataset: list, batch_size: int):
-    """HF's LengthGroupedSampler over our items (objects, not dicts: it is handed their lengths)."""
+def _has_lengths(dataset) -> bool:
+    return isinstance(dataset, list) or hasattr(dataset, "lengths")
+
+
+def length_grouped(dataset, batch_size: int):
+    """HF's LengthGroupedSampler over our items (objects, not dicts: it is handed their lengths, which an
+    encoded set knows without loading any item)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    return LengthGroupedSampler(batch_size, lengths=[len(x) for x in dataset])
+    lengths = dataset.lengths.tolist() if hasattr(dataset, "lengths") else [len(x) for x in dataset]
+    return LengthGroupedSampler(batch_size, lengths=lengths)
 
 
 def training_arguments(cfg: SftConfig, has_eval: bool, *, ignore_data_skip: bool = False):
