@@ -33,7 +33,9 @@ def _verbs() -> dict[str, Verb]:
     from .serve.deploy import deploy
     from .train.sft import pt, sft
     from .config.rlhf import RlhfConfig
+    from .config.ui import AppConfig, WebUiConfig
     from .train.rlhf import rlhf
+    from .ui.server import app, web_ui
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),
         "pt": Verb("continued pre-training on raw text (loss on every token)", SftConfig, pt),
@@ -52,6 +54,10 @@ def _verbs() -> dict[str, Verb]:
                        DeployConfig, deploy),
         "export": Verb("merge adapters into the base and/or quantize (gptq, awq, bnb, fp8); the export is reloaded "
                        "and verified against the model in memory before it counts", ExportConfig, export),
+        "web-ui": Verb("a browser page to train (sft, pt, rlhf), watch runs live, stop and resume them, chat, evaluate "
+                       "and export; 127.0.0.1 unless --host (then --auth is required)", WebUiConfig, web_ui),
+        "app": Verb("a chat page over one model and its checkpoint or adapters (images, streaming), for demos",
+                    AppConfig, app),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", TinyConfig, tiny),
     }
 
