@@ -1,0 +1,126 @@
+"""`tailorkit web-ui` in a real headless browser (Debian's Chromium driven by Playwright): start a tiny sft run
+from the form, watch its loss chart gain points, stop it, resume it, and chat with its checkpoint with an image.
+A second test restarts the UI while a run trains and finds it again. Screenshots go to each test's tmp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tailorkit.demo.shapes import write_split
+from tailorkit.run_files import FINAL_DIR, LAST, SUMMARY_FILE, UI_JOB_FILE
+from ui_helpers import chart_points, fill, kill_runs, open_web_ui, status_text, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    """16 rows of the demo's shapes task (images beside the jsonl)."""
+    return write_split(tmp_path / "data", "train", 16, seed=0)
+
+
+def start_run_from_form(page, model: Path, data: Path, max_steps: int) -> str:
+    """Fill the Train form as a user would and press Start; returns the new run's name."""
+    page.wait_for_selector("#sft-model")
+    fill(page, "sft-model", str(model))
+    fill(page, "sft-dataset", str(data))
+    fill(page, "sft-max_steps", str(max_steps))
+    fill(page, "sft-logging_steps", "1")
+    fill(page, "sft-learning_rate", "1e-3")
+    fill(page, "sft-save_steps", "100000")  # no checkpoint but the one Stop saves and the final one
+    page.click("#sft-start")
+    started = wait_until(lambda: "started" in page.inner_text("#sft-message") and page.inner_text("#sft-message"),
+                         60, "the run to start")
+    return started.split("started", 1)[1].strip()
+
+
+def loss_points_grow(page, timeout: float) -> tuple[int, int]:
+    """Wait for the loss chart to draw points, then for it to draw more (the page refreshes every 2 s)."""
+    first = wait_until(lambda: chart_points(page, "chart-loss"), timeout, "the loss chart's first points")
+    later = wait_until(lambda: (n := chart_points(page, "chart-loss")) > first and n, 60, "more loss points")
+    return first, later
+
+
+def test_train_watch_stop_resume_and_chat_in_a_browser(tiny_vl_dir, shapes, tmp_path):
+    root = tmp_path / "runs"
+    try:
+        with open_web_ui(root, tmp_path) as page:
+            name = start_run_from_form(page, tiny_vl_dir, shapes, max_steps=600)
+            run = root / name
+            wait_until(lambda: name in status_text(page) and "running" in status_text(page), 30, "Runs to show it")
+            first, later = loss_points_grow(page, 240)
+            page.screenshot(path=tmp_path / "1-live-chart.png", full_page=True)
+            assert later > first
+
+            page.click("#run-stop")
+            wait_until(lambda: "stopped" in status_text(page), 120, "the run to stop")
+            assert (run / LAST).is_symlink(), "Stop must leave a checkpoint to resume from"
+            stopped_at = json.loads((run / SUMMARY_FILE).read_text())["steps"]
+            assert 0 < stopped_at < 600
+            page.screenshot(path=tmp_path / "2-stopped.png", full_page=True)
+
+            page.click("#run-resume")
+            wait_until(lambda: "running" in status_text(page), 30, "the run to resume")
+            wait_until(lambda: "finished" in status_text(page), 400, "the resumed run to finish", interval=2)
+            summary = json.loads((run / SUMMARY_FILE).read_text())
+            assert summary["status"] == "completed" and summary["steps"] == 600
+            assert "--resume_from_checkpoint last" in page.input_value("#run-command textarea, #run-command input")
+            page.screenshot(path=tmp_path / "3-finished.png", full_page=True)
+
+            chat_with_image(page, run / FINAL_DIR, shapes.parent / "images" / "train_00000.png", root)
+            page.screenshot(path=tmp_path / "4-chat.png", full_page=True)
+    finally:
+        kill_runs(root)
+    assert len(list(tmp_path.glob("*.png"))) == 4, "screenshots are saved in the test's folder"
+
+
+def chat_with_image(page, checkpoint: Path, image: Path, root: Path) -> None:
+    """Load the checkpoint in the Chat tab, send a question with an image, and get a streamed reply."""
+    page.get_by_role("tab", name="Chat").click()
+    fill(page, "chat-ckpt_dir", str(checkpoint))
+    fill(page, "chat-max_new_tokens", "8")
+    page.click("#chat-load")
+    wait_until(lambda: "loaded:" in page.inner_text("#chat-status"), 120, "the checkpoint to load")
+    page.set_input_files("#chat-box input[type=file]", str(image))
+    wait_until(lambda: page.locator("#chat-box img").count(), 30, "the image to upload")
+    page.locator("#chat-box textarea").fill("What colour is the shape?")
+    page.locator("#chat-box textarea").press("Enter")
+    bot = page.locator("#chat-bot")
+    wait_until(lambda: bot.locator("img").count() >= 1, 60, "the image in the conversation")
+    reply = wait_until(lambda: _assistant_text(page), 120, "a reply")
+    assert reply.strip()
+    page.locator("#chat-box textarea").fill("What shape is this?")  # a second turn, about the same image
+    page.locator("#chat-box textarea").press("Enter")
+    wait_until(lambda: page.locator("#chat-bot .bot").count() == 2 and _assistant_text(page), 120, "a second reply")
+    assert list((root / "uploads").rglob(image.name)), "uploads are stored under the run root"
+
+
+def _assistant_text(page) -> str:
+    bots = page.locator("#chat-bot .bot")
+    return bots.last.inner_text().strip() if bots.count() else ""
+
+
+def test_restarted_ui_reattaches_to_a_running_run(tiny_vl_dir, shapes, tmp_path):
+    root = tmp_path / "runs"
+    try:
+        with open_web_ui(root, tmp_path) as page:
+            name = start_run_from_form(page, tiny_vl_dir, shapes, max_steps=100000)  # stopped below, never done
+            loss_points_grow(page, 240)
+        pid = json.loads((root / name / UI_JOB_FILE).read_text())["pid"]
+        os.kill(pid, 0)  # the run outlived the UI that started it
+
+        with open_web_ui(root, tmp_path) as page:
+            page.get_by_role("tab", name="Runs").click()
+            wait_until(lambda: name in status_text(page) and "running" in status_text(page), 60,
+                       "the restarted UI to find the run")
+            loss_points_grow(page, 60)
+            page.screenshot(path=tmp_path / "reattached.png", full_page=True)
+            page.click("#run-stop")
+            wait_until(lambda: "stopped" in status_text(page), 120, "the run to stop")
+    finally:
+        kill_runs(root)
+    assert (root / name / LAST).is_symlink()
