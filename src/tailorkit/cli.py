@@ -31,10 +31,8 @@ def _verbs() -> dict[str, Verb]:
     from .infer.run import infer
     from .models.tiny_cli import TinyConfig, tiny
     from .serve.deploy import deploy
-    from .train.sft import pt, sft
     from .config.rlhf import RlhfConfig
     from .config.ui import AppConfig, WebUiConfig
-    from .train.rlhf import rlhf
     from .ui.server import app, web_ui
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),
@@ -60,6 +58,23 @@ def _verbs() -> dict[str, Verb]:
                     AppConfig, app),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", TinyConfig, tiny),
     }
+
+
+# The training stack (transformers' Trainer: ~10 s to import) loads only when a training verb runs, so the other
+# verbs, the web UI among them, start in seconds.
+def sft(cfg):
+    from .train.sft import sft as run
+    return run(cfg)
+
+
+def pt(cfg):
+    from .train.sft import pt as run
+    return run(cfg)
+
+
+def rlhf(cfg):
+    from .train.rlhf import rlhf as run
+    return run(cfg)
 
 
 def build_parser(verb: str, spec: Verb) -> argparse.ArgumentParser:
