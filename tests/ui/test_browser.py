@@ -23,8 +23,8 @@ def shapes(tmp_path):
     return write_split(tmp_path / "data", "train", 16, seed=0)
 
 
-def start_run_from_form(page, model: Path, data: Path, max_steps: int) -> str:
-    """Fill the Train form as a user would and press Start; returns the new run's name."""
+def fill_train_form(page, model: Path, data: Path, max_steps: int) -> None:
+    """Fill the Train form as a user would."""
     page.wait_for_selector("#sft-model")
     fill(page, "sft-model", str(model))
     fill(page, "sft-dataset", str(data))
@@ -32,10 +32,12 @@ def start_run_from_form(page, model: Path, data: Path, max_steps: int) -> str:
     fill(page, "sft-logging_steps", "1")
     fill(page, "sft-learning_rate", "1e-3")
     fill(page, "sft-save_steps", "100000")  # no checkpoint but the one Stop saves and the final one
+
+
+def press_start(page, expect: str) -> str:
+    """Press Start and wait for the message under the form to say ``expect``; returns the message."""
     page.click("#sft-start")
-    started = wait_until(lambda: "started" in page.inner_text("#sft-message") and page.inner_text("#sft-message"),
-                         60, "the run to start")
-    return started.split("started", 1)[1].strip()
+    return wait_until(lambda: expect in (text := page.inner_text("#sft-message")) and text, 60, f"'{expect}'")
 
 
 def loss_points_grow(page, timeout: float) -> tuple[int, int]:
@@ -49,7 +51,11 @@ def test_train_restart_watch_stop_resume_and_chat_in_a_browser(tiny_vl_dir, shap
     root, steps = tmp_path / "runs", 600
     try:
         with open_web_ui(root, tmp_path) as page:
-            name = start_run_from_form(page, tiny_vl_dir, shapes, max_steps=steps)
+            fill_train_form(page, tiny_vl_dir, shapes.parent / "missing.jsonl", max_steps=steps)
+            refused = press_start(page, "error")  # a typed path that does not exist: said in the page
+            assert "missing.jsonl' does not exist" in refused and not list(root.glob(f"*/{UI_JOB_FILE}"))
+            fill(page, "sft-dataset", str(shapes))
+            name = press_start(page, "started").split("started", 1)[1].strip()
             run = root / name
             wait_until(lambda: name in status_text(page) and "running" in status_text(page), 30, "Runs to show it")
         # the UI that started the run is gone (the run is still loading its model): the run goes on
@@ -87,7 +93,10 @@ def test_train_restart_watch_stop_resume_and_chat_in_a_browser(tiny_vl_dir, shap
 def chat_with_image(page, checkpoint: Path, image: Path, root: Path) -> None:
     """Load the checkpoint in the Chat tab, send a question with an image, and get a streamed reply."""
     page.get_by_role("tab", name="Chat").click()
-    fill(page, "chat-ckpt_dir", str(checkpoint))
+    page.click("#chat-pick input")  # the picker lists the runs' checkpoints when it opens
+    page.get_by_role("option", name=str(checkpoint)).click()
+    wait_until(lambda: page.input_value("#chat-ckpt_dir textarea, #chat-ckpt_dir input") == str(checkpoint), 30,
+               "the picked checkpoint in ckpt_dir")
     fill(page, "chat-max_new_tokens", "8")
     page.click("#chat-load")
     wait_until(lambda: "loaded:" in page.inner_text("#chat-status"), 120, "the checkpoint to load")

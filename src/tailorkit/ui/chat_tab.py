@@ -10,6 +10,7 @@ import gradio as gr
 from ..config.infer import InferConfig
 from ..errors import TailorkitError
 from .chat import ChatModel, stream_reply
+from .jobs import run_checkpoints
 from .forms import build_concern, form_fields, settings_from_widgets
 from .paths import check_inputs
 from .widgets import error_text, escape, render_form
@@ -21,9 +22,11 @@ CHAT_COMMON = ("max_new_tokens", "temperature", "system")
 LOAD_CONCERNS = ("model", "engine")
 
 
-def chat_panel(chat: ChatModel, cwd: Path, *, loadable: bool = True, values: dict | None = None,
+def chat_panel(chat: ChatModel, cwd: Path, *, root: Path | None = None, values: dict | None = None,
                loaded: str = "") -> None:
-    """Render the chat. ``loadable``: show the model form and Load (else the model ``chat`` holds is fixed)."""
+    """Render the chat. With a run root, the model form, a picker of the runs' checkpoints and Load; without
+    one (`tailorkit app`) the model ``chat`` holds is fixed."""
+    loadable = root is not None
     exclude = EXCLUDE + (() if loadable else tuple(f.name for f in form_fields(InferConfig)
                                                     if f.concern in LOAD_CONCERNS))
     fields = form_fields(InferConfig, exclude=exclude)
@@ -31,6 +34,10 @@ def chat_panel(chat: ChatModel, cwd: Path, *, loadable: bool = True, values: dic
     status = gr.Markdown(escape(f"loaded: {loaded}") if loaded else "no model loaded yet", elem_id="chat-status")
     form = render_form(fields, common, "chat", values)
     if loadable:
+        picker = gr.Dropdown(label="or pick a checkpoint of a run (fills ckpt_dir)", choices=[],
+                             elem_id="chat-pick")
+        picker.focus(lambda: gr.update(choices=run_checkpoints(root)), None, picker)
+        picker.input(lambda path: path, picker, form.widget("ckpt_dir"))
         load = gr.Button("Load", variant="primary", elem_id="chat-load")
         load.click(lambda *v: load_model(chat, cwd, fields, v), form.widgets, status)
     bot = gr.Chatbot(label="chat", elem_id="chat-bot", height=420)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import typing
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 
 import yaml
 
@@ -34,10 +36,6 @@ class FormField:
     field: object = None  # the dataclass field (its metadata is what the CLI parses with)
     annotation: object = None
 
-    @property
-    def label(self) -> str:
-        return self.name
-
 
 def form_fields(cls, exclude: tuple[str, ...] = ()) -> list[FormField]:
     """Every field of the composite config ``cls`` (in declaration order), except ``exclude``."""
@@ -59,8 +57,6 @@ def _kind(f, tp) -> str:
 
 
 def _optional(tp) -> bool:
-    import typing
-
     return type(None) in typing.get_args(tp)
 
 
@@ -151,9 +147,7 @@ def build(cls, settings: dict, source: str = "form"):
 
 def build_concern(cls, concern: str, settings: dict):
     """One concern of ``cls`` (e.g. the GenerationArgs of InferConfig) from the settings that belong to it."""
-    from dataclasses import fields
-
-    factory = next(f.default_factory for f in fields(cls) if f.name == concern)
+    factory = next(f.default_factory for f in dataclass_fields(cls) if f.name == concern)
     names = {name for name, (c, _, _) in concern_fields(cls).items() if c == concern}
     return factory(**{k: v for k, v in settings.items() if k in names})
 

@@ -276,6 +276,14 @@ def outside_run(folder: Path) -> JobStatus:
     return JobStatus(job, kind, "" if kind == "finished" else status)
 
 
+def run_checkpoints(root: Path) -> list[str]:
+    """Every published checkpoint folder of the runs under the root (checkpoint-final and checkpoint-N)."""
+    if not root.is_dir():
+        return []
+    return [str(p) for run in sorted(root.iterdir()) if run.is_dir()
+            for p in sorted(run.glob("checkpoint-*")) if p.is_dir()]
+
+
 def is_training(job: Job) -> bool:
     return job.verb in TRAIN_VERBS or job.external
 

@@ -38,7 +38,7 @@ def build_web_ui(root: Path, cwd: Path) -> gr.Blocks:
             with gr.Tab("Runs", id="runs"):
                 runs = runs_tab(root)
             with gr.Tab("Chat", id="chat"):
-                chat_panel(chat, cwd)
+                chat_panel(chat, cwd, root=root)
             with gr.Tab("Evaluate", id="eval"):
                 gr.Markdown("Scores a model, adapter or checkpoint with `tailorkit eval`; the report shows in Runs.")
                 forms.append(job_tab(ctx, ("eval",), EvalConfig, "eval"))
@@ -84,5 +84,5 @@ def build_app(chat: ChatModel, values: dict) -> gr.Blocks:
     """`tailorkit app`'s page: the chat with the model ``chat`` holds; ``values`` prefill generation settings."""
     with gr.Blocks(title=f"{TITLE} chat", analytics_enabled=False) as page:
         gr.Markdown(f"## {TITLE} chat")
-        chat_panel(chat, Path.cwd(), loadable=False, values=values, loaded=chat.description)
+        chat_panel(chat, Path.cwd(), values=values, loaded=chat.description)
     return page
