@@ -1,4 +1,4 @@
-"""Shared measuring helpers of the bench scripts: token counting collator, timing callback, peak RSS."""
+"""Shared measuring helpers of the bench scripts: token counting collator, timing callback, peak RSS, tiny model."""
 
 from __future__ import annotations
 
@@ -88,3 +88,16 @@ def run_child(script: str, args: list[str]) -> dict:
 def print_result(result: dict) -> None:
     """The child's half of ``run_child``."""
     print("RESULT " + json.dumps(result))
+
+
+def model_or_tiny_vl(model: str | None, folder: str) -> str:
+    """``model``, or a tiny random Qwen2.5-VL built in ``folder`` when it is None."""
+    if model is not None:
+        return model
+    from pathlib import Path
+
+    from tailorkit.models.tiny import build_qwen2_5_vl
+
+    path = str(Path(folder) / "tiny-vl")
+    build_qwen2_5_vl(path)
+    return path

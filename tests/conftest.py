@@ -8,6 +8,18 @@ from tailorkit.models.registry import FAMILIES
 from tailorkit.models.tiny import build_qwen2, build_qwen2_5_vl
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every `gpu`-marked test skips, saying so, where no CUDA GPU is visible (scripts/gpu_check.sh runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run scripts/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_text_dir(tmp_path_factory):
     """Directory of a tiny Qwen2 text model with tokenizer and chat template."""

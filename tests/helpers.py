@@ -72,6 +72,8 @@ def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float =
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate), w.writeframes(samples.tobytes())
     return path
+
+
 def vl_inputs(processor) -> dict:
     """The tiny Qwen VL prompt with one drawn shape, as model inputs."""
     import random
@@ -90,3 +92,31 @@ def text_inputs(tokenizer) -> dict:
 def logits(model, inputs) -> torch.Tensor:
     model.eval()
     return model(**inputs, use_cache=False).logits.float()
+
+
+def prompt_conversation(with_image: bool):
+    """A one-turn prompt for inference engines: a question about a 56x56 green image, or a plain greeting."""
+    from PIL import Image
+
+    from tailorkit.data.formats import parse_row
+
+    content = "<image>What colour is the shape?" if with_image else "Hello!"
+    images = [Image.new("RGB", (56, 56), (0, 255, 0))] if with_image else []
+    return parse_row({"messages": [{"role": "user", "content": content}], "images": images}, need_reply=False)
+
+
+def hide_package(monkeypatch, name: str) -> None:
+    """Make importlib.util.find_spec report ``name`` as not installed (other packages unaffected)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda pkg, *a: None if pkg == name else real(pkg, *a))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -56,13 +56,15 @@ parallel_config: {tensor_parallel_size: 1, pipeline_parallel_size: 1, zero_stage
     assert cfg.tuner.lora_rank == 64 and cfg.data.dataset == ["./data/train.jsonl"]
     assert cfg.train.per_device_train_batch_size == 2 and cfg.train.gradient_accumulation_steps == 8
     assert cfg.train.learning_rate == pytest.approx(2e-5) and cfg.train.num_train_epochs == 3
-    assert cfg.train.save_strategy == "epoch" and cfg.train.deepspeed is None
+    assert cfg.train.save_strategy == "epoch" and cfg.dist.deepspeed is None
 
 
 @pytest.mark.parametrize("extra, message", [
     ("parallel_config: {tensor_parallel_size: 2}", "tensor parallelism is not supported"),
     ("parallel_config: {pipeline_parallel_size: 2}", "pipeline parallelism is not supported"),
-    ("parallel_config: {zero_stage: 3}", "deepspeed='zero3' needs a CUDA GPU"),
+    ("deepspeed: zero4", "deepspeed='zero4' is neither a preset (zero0, zero1, zero2, zero3, zero2_offload"),
+    ("fsdp: full_shard\ndeepspeed: zero2", "--fsdp and --deepspeed are two engines"),
+    ("fsdp: half_shard", "give one of full_shard, shard_grad_op"),
     ("training_args: {fp16: true}", "float16 training (fp16) needs a CUDA GPU"),
     ("parallel_config: {expert_parallel: 2}", "parallel_config.expert_parallel is not a known setting"),
     ("dataset: {type: csv, path: train.jsonl}", "does not match the file"),
@@ -155,3 +157,9 @@ def test_rlhf_help_lists_every_flag(capsys):
 def test_rlhf_refuses_sft_only_batching_flags(flag):
     with pytest.raises(ConfigError, match=f"--{flag} applies to sft and pt only"):
         parse("rlhf", ["--model", "m", "--dataset", "d.jsonl", f"--{flag}", "true", "--max_steps", "2"])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_yaml_zero_stage_maps_to_the_deepspeed_preset_and_runs_without_a_gpu(tmp_path, stage):
+    path = _yaml(tmp_path, f"model: m\ndataset: d.jsonl\nparallel_config: {{zero_stage: {stage}}}\n")
+    assert parse("sft", [path]).dist.deepspeed == f"zero{stage}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .config.fields import concern_fields
 from .config.loading import aliases, base_type, build_config, read_yaml, suggest
+from .distributed.launch import relaunch
 from .errors import TailorkitError
 
 
@@ -37,7 +38,8 @@ def _verbs() -> dict[str, Verb]:
     return {
         "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", SftConfig, sft),
         "pt": Verb("continued pre-training on raw text (loss on every token)", SftConfig, pt),
-        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), grpo",
+        "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), ppo, gkd "
+                     "(distillation), grpo (and DAPO, RLOO, REINFORCE++, multi-turn)",
                      RlhfConfig, rlhf),
         "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", DemoConfig,
                      demo),
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = parse(verb, rest, verbs[verb])
+        relaunch(argv)  # NPROC_PER_NODE=N: the same command under torchrun (after the settings checked out)
         verbs[verb].run(cfg)
     except TailorkitError as e:
         print(f"error: {e}", file=sys.stderr)

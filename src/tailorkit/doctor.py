@@ -14,6 +14,7 @@ from .config.fields import arg
 from .config.train import SftConfig
 from .data.validate import DataCheck, check_data, save_histogram, text_histogram
 from .errors import DataError
+from .distributed.launch import planned_world_size
 from .train.memory import MemoryEstimate, estimate_memory
 
 
@@ -59,7 +60,6 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
 def check(cfg: DoctorConfig) -> DoctorReport:
     """The doctor's report (``ok`` says whether training would go through), printed by ``doctor``; the web UI
     shows it in the page."""
-    import torch
     from transformers import AutoConfig
 
     from .models.load import load_processor, resolve_dtype, resolve_family
@@ -75,8 +75,8 @@ def check(cfg: DoctorConfig) -> DoctorReport:
     data = check_data(cfg.data.dataset + cfg.data.val_dataset, processor, max_length=cfg.data.max_length,
                       truncation=cfg.data.truncation_strategy, system=cfg.data.system)
     seq_len = min(max(data.lengths, default=1), cfg.data.max_length)
-    world = torch.cuda.device_count() or 1
-    memory = estimate_memory(config, family, cfg.tuner, cfg.train, dtype=resolve_dtype(m.torch_dtype),
+    world = planned_world_size()
+    memory = estimate_memory(config, family, cfg.tuner, cfg.train, dtype=resolve_dtype(m.torch_dtype), dist=cfg.dist,
                              seq_len=seq_len, media_tokens=data.max_media_tokens, world_size=world)
     plot = None
     if data.lengths:
@@ -118,6 +118,6 @@ def _render(cfg: DoctorConfig, family: str, budget: dict, data: DataCheck, memor
     t = cfg.train
     out.append(f"\nestimated peak memory per device (train_type {cfg.tuner.train_type}, dtype "
                f"{cfg.model.torch_dtype}, batch {t.per_device_train_batch_size} x {seq_len} tokens, "
-               f"gradient_checkpointing {t.gradient_checkpointing}, deepspeed {t.deepspeed or 'off'}):")
+               f"gradient_checkpointing {t.gradient_checkpointing}, deepspeed {cfg.dist.deepspeed or 'off'}):")
     out.append(memory.table())
     return "\n".join(out)

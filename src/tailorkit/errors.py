@@ -38,5 +38,9 @@ class CheckpointError(TailorkitError, OSError):
     """A checkpoint cannot be written or read; the previous complete checkpoint is left intact."""
 
 
+class GenerationError(TailorkitError, RuntimeError):
+    """One request's generation failed (e.g. non-finite scores); the other requests of its batch go on."""
+
+
 class TrainingStopped(TailorkitError):
     """Training stopped early (a signal or a fatal alarm) after keeping its last good checkpoint."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from export_helpers import logits, random_adapter, run_export, tensors, text_inputs, vl_inputs
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 from transformers import AutoProcessor, AutoTokenizer
 
 from tailorkit.errors import ConfigError
@@ -101,21 +101,30 @@ def _write_run(folder, model_dir, **settings):
 
 
 def test_reward_model_exports_with_its_head(tiny_text_dir, tmp_path):
+    """A reward model (`rlhf --rlhf_type rm`): the causal LM with a value head, the head trained next to the adapter.
+    The export is the merged LM's own files plus v_head.weight; its values equal base + adapter + head's."""
+    from tailorkit.models.value_head import add_value_head, has_value_head, load_reward_model, token_values
+
     tok = AutoTokenizer.from_pretrained(tiny_text_dir)
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_text_dir, num_labels=1,
-                                                              pad_token_id=tok.pad_token_id)
+    base = AutoModelForCausalLM.from_pretrained(tiny_text_dir)
+    untrained_head = add_value_head(base).weight.detach().clone()
     ckpt = random_adapter(base, tmp_path / "rm" / "checkpoint-final", seed=4, target_modules=["q_proj", "v_proj"],
-                          modules_to_save=["score"], task_type="SEQ_CLS")
+                          modules_to_save=["v_head"])
     _write_run(ckpt.parent, tiny_text_dir, rlhf_type="rm")
     out = tmp_path / "merged"
     result = run_export(out, ckpt_dir=str(ckpt.parent))
-    assert result.report["head"] == "reward"
-    fresh = AutoModelForSequenceClassification.from_pretrained(tiny_text_dir, num_labels=1, dtype=torch.float32,
-                                                               pad_token_id=tok.pad_token_id)
-    untrained_head = fresh.score.weight.detach().clone()
-    merged, _ = _check_merged(out, _peft(fresh, ckpt), text_inputs(tok), AutoModelForSequenceClassification)
-    assert merged.score.weight.shape == (1, merged.config.hidden_size)
-    assert not torch.equal(merged.score.weight, untrained_head)  # the trained value head, not a new one
+    assert result.report["head"] == "reward" and result.report["auto_class"] == "AutoModelForCausalLM"
+    assert result.report["merge"]["max_abs_logit_diff"] <= result.report["merge"]["tolerance"] <= 2e-4
+    assert has_value_head(out) and not any(".lora_" in k for k in tensors(out))
+    reference = load_reward_model(str(ckpt)).model  # base + adapter (merged in memory) + the trained head
+    exported = load_reward_model(str(out)).model
+    inputs = text_inputs(tok)
+    with torch.no_grad():
+        values = [token_values(m.v_head, m(**inputs, output_hidden_states=True).hidden_states[-1])
+                  for m in (reference, exported)]
+    torch.testing.assert_close(values[1], values[0], rtol=0, atol=ATOL)
+    assert not torch.equal(exported.v_head.weight, untrained_head)  # the trained value head, not a new one
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"  # the LM loads with plain transformers
     with pytest.raises(ConfigError, match="quantized reward models"):
         run_export(tmp_path / "q", ckpt_dir=str(ckpt.parent), quant_method="bnb")
 

@@ -129,11 +129,128 @@ def test_tracker_without_streaming_decodes_once_with_the_same_result():
     assert (plain[0].text, plain[0].finish_reason) == ("aXYc", "length")
 
 
-def test_generation_settings_map_to_transformers_and_batch_keys():
-    sampled = GenerationSettings(temperature=0.7, top_p=0.9, top_k=0).generate_kwargs()
-    assert (sampled["do_sample"], sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (True, 0.7, 0.9, 0)
-    assert GenerationSettings().generate_kwargs()["do_sample"] is False
-    # greedy requests batch together whatever their seed; sampled ones with different seeds do not
-    assert GenerationSettings(seed=1).sampling_key() == GenerationSettings(seed=2).sampling_key()
-    assert GenerationSettings(temperature=1, seed=1).sampling_key() != GenerationSettings(temperature=1, seed=2)\
-        .sampling_key()
+def test_batch_keys_separate_input_forms_not_sampling_settings():
+    from tailorkit.data.formats import Conversation
+
+    text = Conversation(messages=[{"role": "user", "content": "hi"}])
+    image = Conversation(messages=[{"role": "user", "content": [{"type": "image"}]}], images=["x.png"])
+    greedy, sampled = GenerationSettings(), GenerationSettings(temperature=1.0, seed=2**63 - 1, top_k=3)
+    # sampling settings and seeds are per row: they never split a batch
+    assert Request(conversation=text, settings=greedy).batch_key() == Request(conversation=text, settings=sampled)\
+        .batch_key()
+    keys = {Request(prompt="hi").batch_key(), Request(conversation=text).batch_key(),
+            Request(conversation=image).batch_key(), Request(conversation=image, adapters=("a",)).batch_key()}
+    assert len(keys) == 4  # completions, text chat, image chat, another adapter: never in one batch
+
+
+def test_tracker_ends_cancelled_and_failed_rows_alone():
+    v = CharTokenizer.VOCAB.index
+    reqs = [Request(prompt="x", settings=GenerationSettings(max_new_tokens=6)) for _ in range(3)]
+    errors = [None, None, None]
+    tracker = ReplyTracker(CharTokenizer(), {0}, reqs, None, row_errors=errors)
+    for step in range(6):
+        if step == 2:
+            reqs[0].cancelled.set()
+            errors[1] = "boom"
+        done = tracker(torch.tensor([[v("a")]] * 3))
+        if step == 2:
+            assert done.tolist() == [True, True, False]  # within the step the flag was set in
+    out = tracker.finish([1, 1, 1])
+    assert [(c.finish_reason, c.completion_tokens, c.error) for c in out] == [
+        ("cancelled", 2, None), ("error", 2, "boom"), ("length", 6, None)]
+    assert out[2].text == "aaaaaa"
+
+
+class CancellableEngine(FakeEngine):
+    """Generates one character per 10 ms step until each row's cancel flag is set; counts steps per row."""
+
+    def generate_batch(self, requests, on_text=None):
+        steps = [0] * len(requests)
+        while not all(r.cancelled.is_set() for r in requests) and max(steps) < 500:
+            for i, r in enumerate(requests):
+                if not r.cancelled.is_set():
+                    steps[i] += 1
+                    if on_text:
+                        on_text(i, "x")
+            threading.Event().wait(0.01)
+        return [Completion("x" * k, 1, k, "cancelled") for k in steps]
+
+
+def test_cancelling_a_future_stops_its_row_and_frees_the_queue():
+    engine = CancellableEngine()
+
+    async def go():
+        queue = BatchQueue(engine, max_batch_size=4, wait_s=0.01)
+        queue.start()
+        seen = []
+        fut = queue.enqueue(Request(prompt="long"), on_delta=seen.append)
+        while len(seen) < 2:
+            await asyncio.sleep(0.005)
+        fut.cancel()
+        while queue.generating:
+            await asyncio.sleep(0.005)
+        await queue.close()
+        return queue.stats, len(seen)
+
+    stats, streamed = asyncio.run(go())
+    assert stats.cancelled_tokens and stats.cancelled_tokens[0] <= streamed + 3 < 500
+
+
+def test_rows_of_a_failed_batch_are_retried_alone_and_only_the_culprit_fails():
+    engine = FakeEngine()
+    engine.release.set()
+
+    async def go():
+        queue = BatchQueue(engine, max_batch_size=8, wait_s=0.02)
+        queue.start()
+        futures = [queue.enqueue(Request(prompt=p)) for p in ("ab", "boom", "cd")]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await queue.close()
+        return results, queue.stats
+
+    results, stats = asyncio.run(go())
+    assert results[0].text == "ba" and results[2].text == "dc"
+    assert isinstance(results[1], RuntimeError)
+    assert stats.batch_sizes == [3, 1, 1, 1] and stats.retried == 3
+
+
+def test_a_row_error_fails_that_row_only():
+    class OneBadRow(FakeEngine):
+        def generate_batch(self, requests, on_text=None):
+            return [Completion("", 1, 0, "error", "non-finite") if r.prompt == "bad" else Completion("ok", 1, 1, "stop")
+                    for r in requests]
+
+    async def go():
+        queue = BatchQueue(OneBadRow(), max_batch_size=8, wait_s=0.02)
+        queue.start()
+        futures = [queue.enqueue(Request(prompt=p)) for p in ("a", "bad", "b")]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await queue.close()
+        return results
+
+    from tailorkit.errors import GenerationError
+
+    results = asyncio.run(go())
+    assert [r.text for r in (results[0], results[2])] == ["ok", "ok"]
+    assert isinstance(results[1], GenerationError) and "non-finite" in str(results[1])
+
+
+def test_a_full_queue_refuses_at_once():
+    from tailorkit.infer.batching import QueueFull
+
+    engine = FakeEngine()  # blocks until released, so requests stay queued
+
+    async def go():
+        queue = BatchQueue(engine, max_batch_size=1, wait_s=0.01, max_queue=2)
+        queue.start()
+        first = queue.enqueue(Request(prompt="a"))
+        await asyncio.sleep(0.05)  # the worker took it: generating, no longer waiting
+        waiting = [queue.enqueue(Request(prompt=p)) for p in ("b", "c")]
+        with pytest.raises(QueueFull, match="--max_queue"):
+            queue.enqueue(Request(prompt="d"))
+        engine.release.set()
+        done = await asyncio.gather(first, *waiting)
+        await queue.close()
+        return [c.text for c in done]
+
+    assert asyncio.run(go()) == ["a", "b", "c"]

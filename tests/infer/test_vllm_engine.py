@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers import prompt_conversation
 from tailorkit.data.encode import encode_prompt, render
-from tailorkit.data.formats import parse_row
 from tailorkit.errors import ConfigError
 from tailorkit.infer.engine import GenerationSettings, Request
 from tailorkit.infer.vllm_engine import VllmEngine, sampling_kwargs, to_completion, vllm_inputs
@@ -22,16 +22,8 @@ def processor(tiny_vl_dir):
     return AutoProcessor.from_pretrained(tiny_vl_dir)
 
 
-def conv(with_image: bool):
-    from PIL import Image
-
-    content = "<image>What colour is the shape?" if with_image else "Hello!"
-    images = [Image.new("RGB", (56, 56), (0, 255, 0))] if with_image else []
-    return parse_row({"messages": [{"role": "user", "content": content}], "images": images}, need_reply=False)
-
-
 def test_text_prompts_are_the_encoders_token_ids(processor):
-    c = conv(False)
+    c = prompt_conversation(False)
     assert vllm_inputs(Request(conversation=c), processor) == {
         "prompt_token_ids": encode_prompt(c, processor).input_ids}
     raw = vllm_inputs(Request(prompt="The quick brown fox"), processor)
@@ -39,7 +31,7 @@ def test_text_prompts_are_the_encoders_token_ids(processor):
 
 
 def test_image_prompts_are_the_rendered_template_plus_images(processor):
-    c = conv(True)
+    c = prompt_conversation(True)
     out = vllm_inputs(Request(conversation=c), processor)
     assert out["prompt"] == render(processor, c.messages, add_generation_prompt=True)
     assert out["prompt"].count("<|image_pad|>") == 1 and len(out["multi_modal_data"]["image"]) == 1
@@ -89,8 +81,8 @@ def test_generate_batch_hands_vllm_our_inputs_params_and_adapter(processor, monk
                     for k, i in enumerate(inputs)]
 
     engine = VllmEngine(FakeLLM(), processor, {"a": "/x/a", "b": "/x/b"})
-    reqs = [Request(conversation=conv(False), settings=GenerationSettings(max_new_tokens=3), adapters=("b",)),
-            Request(conversation=conv(True), settings=GenerationSettings(max_new_tokens=5), adapters=("b",))]
+    reqs = [Request(prompt_conversation(False), settings=GenerationSettings(max_new_tokens=3), adapters=("b",)),
+            Request(prompt_conversation(True), settings=GenerationSettings(max_new_tokens=5), adapters=("b",))]
     streamed = []
     done = engine.generate_batch(reqs, on_text=lambda i, d: streamed.append((i, d)))
     ((inputs, params, lora, use_tqdm),) = calls
@@ -117,5 +109,5 @@ def test_vllm_greedy_replies_match_transformers(tiny_vl_dir, tiny_vl_adapters):
                                            vllm_gpu_memory_utilization=0.3, vllm_max_model_len=512))
     settings = GenerationSettings(max_new_tokens=8)
     for names in ((), ("alpha",)):
-        reqs = [Request(conversation=conv(img), settings=settings, adapters=names) for img in (False, True)]
+        reqs = [Request(prompt_conversation(img), settings=settings, adapters=names) for img in (False, True)]
         assert [c.text for c in vl.generate_batch(reqs)] == [c.text for c in hf.generate_batch(reqs)]

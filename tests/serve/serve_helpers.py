@@ -9,6 +9,7 @@ from tailorkit.config import build_config
 from tailorkit.config.infer import DeployConfig
 
 API_KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BODY = 64 * 1024
 
 
@@ -30,3 +31,17 @@ def deploy_config(model_dir, adapters: dict, media_root, **over) -> DeployConfig
               "media_root": str(media_root), "max_request_bytes": MAX_BODY, "max_tokens_limit": 64,
               "max_new_tokens": 16, "max_batch_size": 8, **over}
     return build_config(DeployConfig, values)
+
+
+def image_chat(url: str, text: str = "What shape is this?", **kw) -> dict:
+    return {"model": "tiny-vl", "max_tokens": 2, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}], **kw}
+
+
+def assert_openai_error(resp, status: int) -> dict:
+    """The response has ``status`` and OpenAI's error JSON, with a message free of Python object reprs."""
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert isinstance(err["message"], str) and err["message"] and "type" in err
+    assert " at 0x" not in err["message"], err["message"]
+    return err

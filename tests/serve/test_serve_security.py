@@ -9,27 +9,14 @@ import threading
 import httpx
 import pytest
 
-from serve_helpers import API_KEY, MAX_BODY, data_uri, deploy_config, png_bytes
+from serve_helpers import API_KEY, AUTH, MAX_BODY, assert_openai_error, data_uri, deploy_config, image_chat, png_bytes
 from tailorkit.serve import media
 from tailorkit.serve.deploy import build_app, start_background
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": "tiny-vl", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 2}
 ENDPOINTS = [("GET", "/health", None), ("GET", "/v1/models", None), ("POST", "/v1/chat/completions", CHAT),
              ("POST", "/v1/completions", {"model": "tiny-vl", "prompt": "Hello", "max_tokens": 2}),
              ("GET", "/no/such/route", None)]
-
-
-def image_chat(url: str) -> dict:
-    return {"model": "tiny-vl", "max_tokens": 2, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What shape is this?"}]}]}
-
-
-def assert_openai_error(resp: httpx.Response, status: int) -> dict:
-    assert resp.status_code == status, resp.text
-    err = resp.json()["error"]
-    assert isinstance(err["message"], str) and err["message"] and "type" in err
-    return err
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}],

@@ -10,8 +10,10 @@ from helpers import write_jsonl
 from tailorkit.cli import parse
 from tailorkit.config.rlhf import RLHF_TYPES
 from tailorkit.train.algorithm import Algorithm, SftAlgorithm
+from tailorkit.train.gkd import GkdAlgorithm
 from tailorkit.train.grpo import GrpoAlgorithm
 from tailorkit.train.kinds import KINDS
+from tailorkit.train.ppo import PpoAlgorithm
 from tailorkit.train.preference import DpoAlgorithm, KtoAlgorithm, ReferenceFreeAlgorithm, RewardModelAlgorithm
 from tailorkit.train.recipe import prepare
 
@@ -24,10 +26,12 @@ ROWS = {
     "kto": [{"messages": [USER, {"role": "assistant", "content": r}], "label": r == "yes"} for r in ("yes", "no")],
     "prompts": [{"messages": [USER], "solution": "yes"}, {"messages": [USER], "solution": "no"}],
 }
-ROWS_OF = {"sft": "chat", "pt": "text", "kto": "kto", "grpo": "prompts"}
+ROWS_OF = {"sft": "chat", "pt": "text", "kto": "kto", "grpo": "prompts", "ppo": "prompts", "gkd": "chat"}
 ALGORITHM_OF = {"sft": SftAlgorithm, "pt": SftAlgorithm, "dpo": DpoAlgorithm, "orpo": ReferenceFreeAlgorithm,
                 "simpo": ReferenceFreeAlgorithm, "cpo": ReferenceFreeAlgorithm, "kto": KtoAlgorithm,
-                "rm": RewardModelAlgorithm, "grpo": GrpoAlgorithm}
+                "rm": RewardModelAlgorithm, "ppo": PpoAlgorithm, "gkd": GkdAlgorithm, "grpo": GrpoAlgorithm}
+ONLINE = ["--max_completion_length", "3", "--reward_funcs", "accuracy"]
+EXTRA = {"grpo": ["--num_generations", "2", *ONLINE], "ppo": ONLINE, "gkd": ["--max_completion_length", "3"]}
 
 
 def test_registry_holds_sft_pt_and_every_rlhf_type():
@@ -42,8 +46,9 @@ def test_every_kind_prepares_a_run_and_computes_a_loss(name, tiny_text_dir, tmp_
               "--torch_dtype", "float32", "--per_device_train_batch_size", "2", "--max_steps", "1",
               "--group_by_length", "true"]  # every kind's encoded items have a length to group by
     verb, extra = (name, []) if name in ("sft", "pt") else ("rlhf", ["--rlhf_type", name])
-    if name == "grpo":
-        extra += ["--num_generations", "2", "--max_completion_length", "3", "--reward_funcs", "accuracy"]
+    extra += EXTRA.get(name, [])
+    if name == "gkd":  # the teacher: the base itself, i.e. the LoRA student with its adapter disabled
+        extra += ["--teacher_model", str(tiny_text_dir), "--lmbda", "1.0"]
     run = prepare(parse(verb, common + extra), name)
     assert run.kind is KINDS[name] and type(run.algorithm) is ALGORITHM_OF[name]
     assert isinstance(run.algorithm, Algorithm) and run.trainer.algorithm is run.algorithm

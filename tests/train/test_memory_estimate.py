@@ -29,6 +29,20 @@ def test_parameter_counts_match_the_loaded_model(tuner, tiny_vl_dir):
     assert est.gradients == 4 * trainable and est.optimizer == 8 * trainable
 
 
+@pytest.mark.parametrize("train_type", ["full", "lora"])
+def test_bf16_weights_include_the_fp32_masters_of_what_trains(train_type, tiny_vl_dir):
+    """16-bit training holds the trained weights in fp32 (train/precision.py): the estimate counts them so."""
+    from tailorkit.train.precision import upcast_trainable_to_fp32
+
+    config = AutoConfig.from_pretrained(tiny_vl_dir)
+    tuner = TunerArgs(train_type=train_type)
+    est = estimate_memory(config, family_for_config(config), tuner, TrainArgs(), dtype=torch.bfloat16, seq_len=64)
+    model, _ = apply_tuner(load_bundle(ModelArgs(model=str(tiny_vl_dir), torch_dtype="bfloat16")), tuner)
+    upcast_trainable_to_fp32(model)
+    assert est.weights == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert est.gradients == 4 * est.trainable_params and est.optimizer == 8 * est.trainable_params
+
+
 def test_activations_scale_with_batch_and_shrink_with_checkpointing(tiny_text_dir):
     config = AutoConfig.from_pretrained(tiny_text_dir)
     fam, tuner = family_for_config(config), TunerArgs()

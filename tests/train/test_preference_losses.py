@@ -180,23 +180,39 @@ def test_kto_matches_trl_on_unpaired_batch():
     torch.testing.assert_close(our_loss, trl_loss, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("center", [None, 0.01])
-def test_reward_model_loss_matches_trl(center):
+@pytest.mark.parametrize("center,margin", [(None, None), (0.01, None), (None, [0.5, 0.0, 1.0, 0.2])])
+def test_reward_model_loss_matches_trl(center, margin):
+    """Our value head scores each sequence at its last attended token; TRL's RewardTrainer gets those scores as
+    a sequence-classification model's logits."""
     from trl.trainer.reward_trainer import RewardTrainer
 
-    scores = torch.randn(8, 1, generator=torch.Generator().manual_seed(8))
-    ids = torch.zeros(8, 4, dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    g = torch.Generator().manual_seed(8)
+    hidden = torch.randn(8, 5, 6, generator=g)
+    attention = torch.ones(8, 5, dtype=torch.long)
+    for row, width in enumerate([5, 3, 4, 2, 5, 1, 3, 4]):
+        attention[row, width:] = 0  # right padding of varying width
+    ids = torch.zeros(8, 5, dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": attention, "labels": ids}
+    if margin is not None:
+        batch["margin"] = torch.tensor(margin)
 
-    class Scorer(torch.nn.Module):
+    class ValueModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.v_head = torch.nn.Linear(6, 1, bias=False)
+            self.v_head.weight.data = torch.randn(1, 6, generator=g)
+
         def forward(self, **_):
-            return SimpleNamespace(logits=scores)
+            return SimpleNamespace(logits=None, hidden_states=(hidden,))
 
-    our_loss = RewardModelAlgorithm(center_rewards_coefficient=center).compute_loss(_ours_trainer(), Scorer(), batch)
+    model = ValueModel()
+    our_loss = RewardModelAlgorithm(center_rewards_coefficient=center).compute_loss(_ours_trainer(), model, batch)
+    last = attention.sum(-1) - 1  # written independently of tailorkit: the last attended token of each row
+    scores = (hidden[torch.arange(8), last] @ model.v_head.weight.T).detach()
     fake = _trl_self(args=SimpleNamespace(center_rewards_coefficient=center))
-    trl_loss = RewardTrainer.compute_loss(fake, lambda **_: SimpleNamespace(logits=scores),
-                                          {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    torch.testing.assert_close(our_loss, trl_loss, rtol=1e-6, atol=1e-7)
+    trl_inputs = {"input_ids": ids, "attention_mask": attention, **({"margin": batch["margin"]} if margin else {})}
+    trl_loss = RewardTrainer.compute_loss(fake, lambda **_: SimpleNamespace(logits=scores), trl_inputs)
+    torch.testing.assert_close(our_loss, trl_loss, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("loss_type,level,beta", [
@@ -228,3 +244,101 @@ def test_grpo_loss_matches_trl(loss_type, level, beta):
               "num_items_in_batch": mask.sum()}
     theirs = GRPOTrainer._compute_loss(fake, None, inputs)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def _ppo_inputs(n: int, width: int, seed: int, lengths: list[int]):
+    g = torch.Generator().manual_seed(seed)
+    logprobs = torch.randn(n, width, generator=g) * 0.5 - 2
+    return dict(responses=torch.zeros(n, width, dtype=torch.long), logprobs=logprobs,
+                ref_logprobs=logprobs + torch.randn(n, width, generator=g) * 0.3,
+                values=torch.randn(n, width, generator=g), scores=torch.randn(n, generator=g) * 2,
+                sequence_lengths=torch.tensor(lengths),
+                new_logprobs=logprobs + torch.randn(n, width, generator=g) * 0.3,  # ratios away from 1: clipping acts
+                vpred_temp=torch.randn(n, width, 1, generator=g))
+
+
+@pytest.mark.parametrize("kl_estimator,whiten_rewards", [("k1", False), ("k3", False), ("k1", True)])
+def test_ppo_loss_matches_trl_on_full_width_completions(kl_estimator, whiten_rewards):
+    """Completions filling the whole width (TRL's score position and masks are then ours): our advantages, returns
+    and loss equal TRL's PPOTrainer code (tests/train/trl_ppo_reference.py, TRL 1.16 no longer ships PPO)."""
+    from trl_ppo_reference import trl_ppo_loss
+
+    from tailorkit.train.ppo import ppo_advantages, ppo_loss
+
+    n, width = 5, 7
+    x = _ppo_inputs(n, width, seed=11, lengths=[width - 1] * n)
+    args = SimpleNamespace(kl_estimator=kl_estimator, kl_coef=0.05, whiten_rewards=whiten_rewards, gamma=0.99,
+                           lam=0.95, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    theirs = trl_ppo_loss(**x, args=args)
+    mask = torch.ones(n, width, dtype=torch.bool)
+    advantages, returns, _ = ppo_advantages(x["scores"], x["logprobs"], x["ref_logprobs"], x["values"], mask,
+                                            kl_coef=0.05, kl_estimator=kl_estimator, whiten_rewards=whiten_rewards,
+                                            gamma=0.99, lam=0.95)
+    torch.testing.assert_close(advantages, theirs["advantages"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(returns, theirs["returns"], rtol=1e-5, atol=1e-6)
+    loss, stats = ppo_loss(x["new_logprobs"], x["logprobs"], advantages, x["vpred_temp"].squeeze(-1), x["values"],
+                           returns, mask, mask, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    torch.testing.assert_close(loss, theirs["loss"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats["vf_clip_ratio"], theirs["vf_clipfrac"], rtol=1e-5, atol=1e-6)
+    assert 0 < float(stats["clip_ratio"]) < 1  # the clipped branch is exercised
+
+
+def test_ppo_loss_terms_match_trl_on_padded_completions():
+    """Padded completions, term by term: TRL's KL rewards (score one past the end, its p1 masks), GAE, whitening,
+    clipped value and policy losses, given TRL's masks, equal ours."""
+    from trl_ppo_reference import trl_ppo_loss
+
+    from tailorkit.train.ppo import gae, kl_penalty, masked_whiten, ppo_loss, token_rewards
+
+    n, width = 4, 8
+    x = _ppo_inputs(n, width, seed=12, lengths=[7, 3, 5, 6])
+    args = SimpleNamespace(kl_estimator="k3", kl_coef=0.1, whiten_rewards=True, gamma=1.0, lam=0.9, cliprange=0.2,
+                           cliprange_value=0.3, vf_coef=0.2)
+    theirs = trl_ppo_loss(**x, args=args)
+    mask, value_mask = ~theirs["padding_mask"], ~theirs["padding_mask_p1"]
+    kl = kl_penalty(x["logprobs"], x["ref_logprobs"], "k3") * mask
+    rewards = token_rewards(x["scores"], kl, 0.1, theirs["actual_end"])
+    rewards = masked_whiten(rewards, value_mask, shift_mean=False) * value_mask
+    torch.testing.assert_close(rewards, theirs["rewards"], rtol=1e-5, atol=1e-6)
+    values = x["values"] * value_mask
+    advantages = gae(rewards, values, 1.0, 0.9)
+    returns = advantages + values
+    advantages = masked_whiten(advantages, mask) * mask
+    torch.testing.assert_close(advantages, theirs["advantages"], rtol=1e-5, atol=1e-6)
+    loss, _ = ppo_loss(x["new_logprobs"], x["logprobs"], advantages, x["vpred_temp"].squeeze(-1) * value_mask, values,
+                       returns, mask, value_mask, cliprange=0.2, cliprange_value=0.3, vf_coef=0.2)
+    torch.testing.assert_close(loss, theirs["loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta,temperature", [(0.5, 1.0), (0.0, 1.0), (1.0, 1.0), (0.3, 0.9)])
+def test_gkd_loss_matches_trl(beta, temperature):
+    from trl.experimental.gkd.gkd_trainer import GKDTrainer
+
+    from tailorkit.train.gkd import gkd_loss
+
+    student, ids, labels, _ = _sequences(4, seed=13)
+    teacher = torch.randn(student.shape, generator=torch.Generator().manual_seed(14)) * 3
+    ours = gkd_loss(student, teacher, labels, beta=beta, temperature=temperature)
+    # TRL's compute_loss shifts logits and labels by one, then calls the loss (its own test of the shift)
+    theirs = GKDTrainer.generalized_jsd_loss(student[:, :-1], teacher[:, :-1], labels=labels[:, 1:], beta=beta,
+                                             temperature=temperature)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_gkd_top_k_teacher_logits():
+    """k = vocabulary gives the full loss; a small k renormalises both distributions over the teacher's top k."""
+    from tailorkit.train.gkd import gkd_loss
+
+    student, ids, labels, _ = _sequences(3, seed=15)
+    teacher = torch.randn(student.shape, generator=torch.Generator().manual_seed(16)) * 3
+    full = gkd_loss(student, teacher, labels, beta=0.5)
+    torch.testing.assert_close(gkd_loss(student, teacher, labels, beta=0.5, top_k=V), full)
+    k = 4
+    mask = labels[:, 1:] != IGNORE
+    s, t = student[:, :-1][mask], teacher[:, :-1][mask]
+    top = t.topk(k, dim=-1).indices
+    s_k, t_k = torch.log_softmax(s.gather(-1, top), -1), torch.log_softmax(t.gather(-1, top), -1)
+    m = torch.logsumexp(torch.stack([s_k + torch.log(torch.tensor(0.5)), t_k + torch.log(torch.tensor(0.5))]), 0)
+    expected = (0.5 * (t_k.exp() * (t_k - m)).sum(-1) + 0.5 * (s_k.exp() * (s_k - m)).sum(-1)).mean()
+    torch.testing.assert_close(gkd_loss(student, teacher, labels, beta=0.5, top_k=k), expected)
+    assert not torch.allclose(gkd_loss(student, teacher, labels, beta=0.5, top_k=k), full)

@@ -1,41 +1,92 @@
-"""Two CPU processes (torchrun, gloo) run DPO with gradient checkpointing and LoRA to the end."""
+"""Two CPU processes (torchrun, gloo): KTO's KL estimate is global, and the DDP trap of pairwise losses.
+
+The trap (a tutorial's "Expected to mark a variable ready only once"): reentrant gradient checkpointing and
+chosen/rejected in separate forward passes make each checkpointed segment run its own backward, so DDP sees a
+LoRA parameter's gradient twice. With a trained aligner DDP raises; with a frozen one it stays silent and the
+processes' weights drift apart. Our defaults (non-reentrant checkpointing, one forward for both) never hit it;
+forcing the settings stops the run with an error that names both fixes. One torchrun launch runs every
+scenario (tests/train/ddp_child.py).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from helpers import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tailorkit.train.trainer import DDP_READY_TWICE_FIX
+
+HERE = Path(__file__).parent
+
+
+def _colour_pairs(folder: Path) -> str:
+    from PIL import Image
+
+    names = ["red", "green", "blue"]
+    for name, rgb in zip(names, [(220, 30, 30), (30, 200, 30), (30, 30, 220)]):
+        Image.new("RGB", (56, 56), rgb).save(folder / f"{name}.png")
+    rows = [{"messages": [{"role": "user", "content": "<image>What colour is the shape?"},
+                          {"role": "assistant", "content": names[i % 3]}],
+             "rejected_response": names[(i + 1) % 3], "images": [f"{names[i % 3]}.png"]} for i in range(8)]
+    (folder / "pref.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(folder / "pref.jsonl")
+
+
+@pytest.fixture(scope="module")
+def ranks(tiny_vl_dir, tmp_path_factory):
+    """What each of the two ranks of one torchrun launch of ddp_child.py saw."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = _colour_pairs(tmp)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(HERE / "ddp_child.py"), str(tiny_vl_dir), data, str(tmp)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return [json.loads((tmp / f"rank{r}.jsonl").read_text()) for r in range(2)], tmp
 
 
 @pytest.mark.slow
-def test_torchrun_two_process_dpo_gradient_checkpointing_lora(tiny_text_dir, tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"Is the {w} fine?"}, {"role": "assistant", "content": "yes"}],
-             "rejected_response": "no the dog"} for w in ["red", "green", "blue", "cat", "dog", "star", "fox", "story"]]
-    data = tmp_path / "pref.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "tailorkit", "rlhf", "--rlhf_type", "dpo",
-           "--model", str(tiny_text_dir), "--dataset", str(data), "--train_type", "lora", "--torch_dtype", "float32",
-           "--gradient_checkpointing", "true", "--per_device_train_batch_size", "2", "--max_steps", "3",
-           "--logging_steps", "1", "--save_strategy", "no", "--output_dir", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    text = proc.stdout + proc.stderr
-    assert "mark a variable ready only once" not in text
-    assert proc.returncode == 0, text[-4000:]
-    assert text.count("[tailorkit] world size 2") >= 1, text[-4000:]
-    logs = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3]
-    assert (out / "checkpoint-final" / "adapter_model.safetensors").is_file()
-    assert (out / "checkpoint-final" / "args.yaml").is_file()
+def test_kto_kl_over_two_processes_equals_one_process(ranks):
+    from ddp_child import kto_kl
+
+    results, _ = ranks
+    single = kto_kl(slice(0, 4))  # one process, the whole batch
+    assert [r["kto_kl_world"] for r in results] == [2, 2]
+    assert results[0]["kto_kl"] == pytest.approx(single, abs=1e-6)
+    assert results[1]["kto_kl"] == pytest.approx(single, abs=1e-6)
+    halves = [kto_kl(slice(0, 2)), kto_kl(slice(2, 4))]  # what each process would estimate on its own
+    assert all(abs(h - single) > 1e-2 for h in halves), (halves, single)
+
+
+@pytest.mark.slow
+def test_ddp_trap_is_reproduced_under_forced_settings_and_names_the_fix(ranks):
+    results, _ = ranks
+    for r in results:
+        raised = r["aligner_lora_forced"]
+        assert "Expected to mark a variable ready only once" in raised["cause"]  # DDP's own error, as in the tutorial
+        assert raised["error"] == DDP_READY_TWICE_FIX
+        assert "--concatenated_forward true" in raised["error"] and '"use_reentrant": false' in raised["error"]
+        caught = r["frozen_aligner_forced"]  # DDP itself says nothing here; our guard stops the run
+        assert caught["cause"] == "" and caught["error"].startswith(DDP_READY_TWICE_FIX)
+    silent = [r["frozen_aligner_forced_unguarded"] for r in results]
+    assert all(s["error"] is None for s in silent)
+    assert silent[0]["lora_checksum"] != silent[1]["lora_checksum"]  # without the guard the ranks diverge
+
+
+@pytest.mark.slow
+def test_defaults_never_hit_the_trap(ranks):
+    results, tmp = ranks
+    defaults = [r["defaults"] for r in results]
+    assert all(d["error"] is None for d in defaults)
+    assert defaults[0]["lora_checksum"] == defaults[1]["lora_checksum"]  # gradients synchronised: same weights
+    assert [r["cli_defaults_exit"] for r in results] == [0, 0]
+    logs = [json.loads(line) for line in (tmp / "e" / "logging.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r] == [1, 2]
+    assert (tmp / "e" / "checkpoint-final" / "adapter_model.safetensors").is_file()
+    assert (tmp / "e" / "checkpoint-final" / "args.yaml").is_file()

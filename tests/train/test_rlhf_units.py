@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,8 +14,8 @@ from tailorkit.data.encode import encode_prompt
 from tailorkit.data.preference import (EncodedPrompt, check_prompt_matches, load_rows, parse_kto_row,
                                        parse_preference_row, parse_prompt_row)
 from tailorkit.errors import ConfigError, DataError
-from tailorkit.train import grpo as grpo_module
 from tailorkit.train.grpo import RewardAlarm, RolloutAlarms, group_advantages
+from tailorkit.train.rollout import Sampler, Sampling
 from tailorkit.train.rewards import accuracy, build_rewards, make_format, make_soft_overlong
 
 USER = {"role": "user", "content": "What colour is it?"}
@@ -152,15 +153,13 @@ def test_rollout_prompt_must_equal_training_encoding(tiny_text_dir):
 
     tampered = encode_prompt(sample.conv, tok)
     tampered.input_ids.pop(0)
-    algo = grpo_module.GrpoAlgorithm(tok, None, num_generations=2, max_completion_length=4)
-    algo.rollout(Model(), [EncodedPrompt(sample, encode_prompt(sample.conv, tok))])  # the encoded prompt passes
+    sampler = Sampler(tok, Sampling(max_completion_length=4))
+    sampler.rollout(Model(), [EncodedPrompt(sample, encode_prompt(sample.conv, tok))], 2)  # the encoded prompt passes
     with pytest.raises(DataError, match="differs from the training encoding"):
-        algo.rollout(Model(), [EncodedPrompt(sample, tampered)])
+        sampler.rollout(Model(), [EncodedPrompt(sample, tampered)], 2)
 
 
 def test_flat_margin_alarm_when_reference_is_the_policy():
-    from types import SimpleNamespace
-
     from tailorkit.train.preference import DpoAlgorithm, ReferenceModel
 
     class Tiny(torch.nn.Module):
@@ -193,3 +192,27 @@ def test_flat_margin_alarm_when_reference_is_the_policy():
     flagged = alarms(same, ReferenceModel(Tiny(0)))
     assert len(flagged) == 1 and "identical for 3 steps" in str(flagged[0].message)
     assert alarms(Tiny(0), ReferenceModel(Tiny(1))) == []
+
+
+def test_rlhf_metrics_reach_the_progress_bar_and_a_second_plot_panel(tmp_path):
+    from PIL import Image
+
+    from tailorkit.train.callbacks import ProgressCallback, plot_loss
+
+    rows = [{"step": s, "loss": 0.7 - 0.1 * s, "rewards/margins": 0.2 * s, "rewards/accuracies": 0.5 + 0.1 * s}
+            for s in (1, 2, 3)] + [{"step": 3, "eval_loss": 0.5, "eval_reward": 0.25}]
+    (tmp_path / "logging.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert Image.open(plot_loss(tmp_path)).size == (600, 650)  # loss panel + the rlhf metrics panel
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "logging.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    assert Image.open(plot_loss(tmp_path / "sft")).size == (600, 400)  # sft: the loss panel only
+
+    bar = ProgressCallback()
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=3, global_step=0)
+    bar.on_train_begin(None, state, None)
+    bar.on_log(None, state, None, logs={"loss": 0.5, "rewards/margins": 0.25, "rewards/accuracies": 0.75,
+                                        "reward": 0.4, "kl": 0.01, "teacher_kl": 1.5})
+    shown = bar.bar.postfix
+    bar.on_train_end(None, state, None)
+    for text in ("loss=0.5", "margins=0.25", "accuracies=0.75", "reward=0.4", "kl=0.01", "teacher_kl=1.5"):
+        assert text in shown, shown

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from .distributed import DistributedArgs
 from .fields import arg, concern_fields
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -164,8 +165,9 @@ class TrainArgs:
                                  "run (new optimizer, schedule and data order); allows a changed config")
     strict_alarms: bool = arg(False, "make every training alarm fatal (stop, keep the last good checkpoint)")
     alarm_patience: int = arg(5, "logging steps a loss must stay exactly constant (or 0) before it raises an alarm")
-    deepspeed: str | None = arg(None, "DeepSpeed preset (zero2, zero3) or config file; needs a GPU and deepspeed")
     group_by_length: bool = arg(False, "batch samples of similar length together (less padding; not with --packing)")
+    use_liger_kernel: bool = arg(False, "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear "
+                                 "cross-entropy) for the families Liger supports; needs a CUDA GPU and liger-kernel")
 
     def __post_init__(self):
         if isinstance(self.gradient_checkpointing_kwargs, str):
@@ -177,8 +179,8 @@ class TrainArgs:
             raise ConfigError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
         if self.alarm_patience < 1:
             raise ConfigError(f"alarm_patience must be >= 1 logging step, got {self.alarm_patience}")
-        if self.deepspeed is not None:
-            _check_deepspeed(self.deepspeed)
+        if self.use_liger_kernel:
+            _check_liger()
         if self.eval_dataset and self.resolved_eval_strategy() == "no":
             raise ConfigError("--eval_dataset is scored at each evaluation: set --eval_strategy steps or epoch")
 
@@ -187,15 +189,16 @@ class TrainArgs:
         return self.eval_strategy or self.save_strategy
 
 
-def _check_deepspeed(value: str) -> None:
+def _check_liger() -> None:
     import importlib.util
 
     import torch
     if not torch.cuda.is_available():
-        raise ConfigError(f"deepspeed={value!r} needs a CUDA GPU and none is visible; drop the setting to train "
-                          "on this machine")
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"deepspeed={value!r} needs the deepspeed package: pip install 'tailorkit[gpu]'")
+        raise ConfigError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton GPU kernels) and none "
+                          "is visible; drop --use_liger_kernel to train on this machine")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("--use_liger_kernel needs the liger-kernel package: pip install 'liger-kernel>=0.8.5' "
+                          "(or pip install 'tailorkit[gpu]')")
 
 
 @dataclass
@@ -206,6 +209,7 @@ class SftConfig:
     data: DataArgs = field(default_factory=DataArgs)
     tuner: TunerArgs = field(default_factory=TunerArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    dist: DistributedArgs = field(default_factory=DistributedArgs)
 
     def __post_init__(self):
         if not self.model.model:

@@ -16,6 +16,7 @@ import torch
 from ..errors import DataError, TooLongError
 from .formats import Conversation, TextSample, count_media
 from .media import at_rate, load_audio, load_image, load_video
+from .special_tokens import check_conversation_text
 from .tools import renders_tools
 
 IGNORE = -100
@@ -136,6 +137,7 @@ def _run(processor, text: str, media: dict[str, list], messages: list | None = N
 def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
                   max_length: int | None = None) -> Encoded:
     """Tokens of the conversation's prompt: every message so far plus the assistant generation prompt."""
+    check_conversation_text(conv, processor)
     media = _media_of(conv, processor) if images is None else {"image": images, "video": [], "audio": []}
     text = render_conversation(processor, conv, conv.messages, add_generation_prompt=True)
     out = _run(processor, text, media)
@@ -144,6 +146,7 @@ def encode_prompt(conv: Conversation, processor, images: list | None = None, *,
 
 def encode(conv: Conversation, processor, *, max_length: int | None = None) -> Encoded:
     """Encode a full conversation with labels on the assistant replies (and their end-of-turn token)."""
+    check_conversation_text(conv, processor)
     images = _media_of(conv, processor)
     full = _run(processor, render_conversation(processor, conv, conv.messages, False), images)
     ids = full["input_ids"][0].tolist()

@@ -31,6 +31,7 @@ from .formats import Conversation, parse_row
 class PreferencePair:
     chosen: Conversation
     rejected: Conversation
+    margin: float | None = None  # rm: how much better chosen is (Bradley-Terry with a margin)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class EncodedPair:
     rejected: Encoded
     ref_chosen_logps: float | None = None
     ref_rejected_logps: float | None = None
+    margin: float | None = None
 
     def __len__(self) -> int:  # the padded width it needs (--group_by_length)
         return max(len(self.chosen), len(self.rejected))
@@ -90,7 +92,12 @@ def parse_preference_row(row, *, source=None, line=None, base_dir=None, system=N
         raise DataError("preference rows need 'rejected_response' or 'rejected_messages'", source=source, line=line,
                         field="rejected_response", fix='add {"rejected_response": "<the worse reply>"}')
     rejected = dataclasses.replace(chosen, messages=chosen.rejected, rejected=None)
-    return PreferencePair(dataclasses.replace(chosen, rejected=None), rejected)
+    margin = row.get("margin") if isinstance(row, dict) else None
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        raise DataError(f"'margin' must be a number, got {margin!r}", source=source, line=line, field="margin",
+                        fix="give how much better the chosen reply is as a number, or leave 'margin' out")
+    return PreferencePair(dataclasses.replace(chosen, rejected=None), rejected,
+                          None if margin is None else float(margin))
 
 
 def parse_kto_row(row, *, source=None, line=None, base_dir=None, system=None) -> KtoSample:
@@ -131,7 +138,7 @@ def encode_pair(pair: PreferencePair, processor, *, max_length: int, truncation:
     """Both sides encoded under the truncation strategy; None (counted once) unless both survive."""
     sides = encode_together([pair.chosen, pair.rejected], processor, max_length=max_length, truncation=truncation,
                             report=report)
-    return None if sides is None else EncodedPair(*sides)
+    return None if sides is None else EncodedPair(*sides, margin=pair.margin)
 
 
 def encode_kto(item: tuple[KtoSample, Conversation], processor, *, max_length: int, truncation: str,
@@ -200,13 +207,21 @@ def check_prompt_matches(sample: PromptSample, prompt_ids: list[int], reply: str
 # ---- batching ------------------------------------------------------------------------------------------------
 
 class PairCollator:
-    """Batch of pairs -> one padded batch [chosen..., rejected...] (one forward for both halves)."""
+    """Batch of pairs -> one padded batch [chosen..., rejected...] (one forward for both halves), or with
+    ``concatenated=False`` the chosen batch and the rejected one (keys prefixed 'rejected_')."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, concatenated: bool = True):
         self.collate = Collator(pad_token_id)
+        self.concatenated = concatenated
 
     def __call__(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
-        batch = self.collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
+        if self.concatenated:
+            batch = self.collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
+        else:
+            batch = self.collate([p.chosen for p in pairs])
+            batch.update({f"rejected_{k}": v for k, v in self.collate([p.rejected for p in pairs]).items()})
+        if any(p.margin is not None for p in pairs):
+            batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs])
         if pairs[0].ref_chosen_logps is not None:
             batch["ref_chosen_logps"] = torch.tensor([p.ref_chosen_logps for p in pairs])
             batch["ref_rejected_logps"] = torch.tensor([p.ref_rejected_logps for p in pairs])

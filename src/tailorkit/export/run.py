@@ -50,7 +50,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         check_quantizer(e.quant_method)
         if head_kind(spec.run_config) == "reward":
             raise ConfigError("quantized reward models are not exported in this version (the quantized export is "
-                              "verified by its NLL, which a score head has none of); export it merged only")
+                              "verified by its NLL, which a value head has none of); export it merged only")
     processor, family = load_family_processor(spec.processor_dir, spec.model)
     check, calib, origin = read_rows(e.dataset, family.is_multimodal, n_check=e.verify_n_samples,
                                      n_calibration=e.quant_n_samples, calibrate=e.quant_method in ("gptq", "awq"))
@@ -96,7 +96,8 @@ def _export_into(cfg: ExportConfig, source: Source, rows: Rows, staging: Path) -
     write_model(merge_adapters(source.model), source.processor, merged_dir)
     source.model = None  # the merged weights now live on disk; free them before reloading
     gc.collect()
-    report["merge"] = _check_merge(merged_dir, source.auto_class, dtype, reference, rows, pad)
+    report["merge"] = _check_merge(merged_dir, source.auto_class, dtype, reference, rows, pad,
+                                   head_kind(source.spec.run_config))
     if report["merge"]["max_abs_logit_diff"] > report["merge"]["tolerance"]:
         _fail(staging, report, f"the merged model written to {merged_dir} differs from base + adapter: max "
               f"|delta logit| {report['merge']['max_abs_logit_diff']:.3g} > tolerance "
@@ -123,9 +124,10 @@ def _report_header(cfg: ExportConfig, source: Source, rows: Rows) -> dict:
             "rows": rows.origin, "notes": source.notes}
 
 
-def _check_merge(folder: Path, auto_class: str, dtype, reference: list, rows: Rows, pad: int) -> dict:
-    """Reload the written (unquantized) model and compare its logits with base + adapter's."""
-    reloaded = reload(folder, auto_class, dtype=dtype)
+def _check_merge(folder: Path, auto_class: str, dtype, reference: list, rows: Rows, pad: int, head: str) -> dict:
+    """Reload the written (unquantized) model and compare its logits (a reward model's values) with base +
+    adapter's."""
+    reloaded = reload(folder, auto_class, dtype=dtype, head=head)
     diff = max_abs_diff(reference, row_outputs(reloaded, rows.check, pad))
     del reloaded
     gc.collect()

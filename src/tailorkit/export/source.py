@@ -16,6 +16,7 @@ from ..errors import ConfigError, ModelError
 from ..infer.load import ServeSpec, resolve
 from ..models.family import Family
 from ..models.load import ModelBundle, load_bundle
+from ..models.value_head import add_value_head, trained_head
 
 
 @dataclass
@@ -54,20 +55,22 @@ def _processor_from_adapter(spec: ServeSpec) -> ServeSpec:
 def head_kind(run_config: dict) -> str:
     """'reward' for a reward-model run (`rlhf --rlhf_type rm`), else 'lm'.
 
-    The one place that knows how a run's head is exported: a reward model is today a sequence-classification
-    model whose ``score`` head was trained fully next to the adapter; a value head on any causal LM/VLM plugs
-    in here.
+    The one place that knows how a run's head is exported: a reward model is the causal LM / VLM with a value
+    head ``v_head`` (models/value_head.py), trained fully next to the adapter (``modules_to_save``) or saved
+    with the full weights; the export is the merged model's own files plus ``v_head.weight``.
     """
     return "reward" if run_config.get("rlhf_type") == "rm" else "lm"
 
 
 def load_head_bundle(model_args: ModelArgs, kind: str) -> tuple[ModelBundle, str]:
-    """The base model with the run's head, unquantized, and the Auto class that reloads its export."""
-    if kind == "reward":
-        from ..train.kinds import load_reward_bundle
-
-        return load_reward_bundle(model_args), "AutoModelForSequenceClassification"
+    """The base model with the run's head, unquantized, and the Auto class that loads its export's LM (a reward
+    model's head is reloaded with it by ``models.value_head.load_reward_model``)."""
     bundle = load_bundle(model_args)
+    if kind == "reward":
+        head = add_value_head(bundle.model)
+        trained = trained_head(model_args.model or "")  # a full checkpoint holds its head; an adapter restores it
+        if trained is not None:
+            head.weight.data.copy_(trained.to(head.weight.dtype))
     return bundle, _auto_class_of(bundle)
 
 

@@ -17,6 +17,7 @@ from ..data.dataset import encode_all, load_conversations
 from ..data.encode import IGNORE, Encoded
 from ..data.formats import Conversation, parse_row
 from ..errors import ConfigError, ModelError
+from ..models.value_head import HEAD, last_hidden, load_reward_model, token_values, value_head_of
 
 # Logit tolerance of a merge, by weight dtype: atol + rtol * max|reference logit|. A merge in 16-bit rounds the
 # merged weight once where base + adapter rounds two products, so 16-bit gets a looser bound.
@@ -83,16 +84,14 @@ def batch_of(enc: Encoded, pad_token_id: int, device) -> dict[str, torch.Tensor]
 
 @torch.no_grad()
 def row_outputs(model: torch.nn.Module, rows: list[Encoded], pad_token_id: int) -> list[torch.Tensor]:
-    """Float32 logits (scores for a reward model) of each row, on the CPU."""
+    """Float32 logits of each row (a reward model: its value head at every position), on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    # A causal LM must not build a cache here (the comparison is of one forward pass); a classifier has none.
-    extra = {"use_cache": False} if _is_causal(model) else {}
-    return [model(**batch_of(r, pad_token_id, device), **extra).logits.float().cpu() for r in rows]
-
-
-def _is_causal(model) -> bool:
-    return "SequenceClassification" not in type(model).__name__
+    if getattr(model, HEAD, None) is not None:
+        return [token_values(value_head_of(model), last_hidden(model, batch_of(r, pad_token_id, device))[1]).cpu()
+                for r in rows]
+    # no cache: the comparison is of one forward pass
+    return [model(**batch_of(r, pad_token_id, device), use_cache=False).logits.float().cpu() for r in rows]
 
 
 def max_abs_diff(reference: list[torch.Tensor], other: list[torch.Tensor]) -> float:
@@ -119,10 +118,14 @@ def merge_tolerance(dtype: torch.dtype, reference: list[torch.Tensor]) -> float:
     return atol + rtol * max(float(r.abs().max()) for r in reference)
 
 
-def reload(folder: Path, auto_class: str, dtype: torch.dtype | None = None, **kwargs) -> torch.nn.Module:
-    """The export as a user loads it: ``<Auto class>.from_pretrained(folder)``."""
+def reload(folder: Path, auto_class: str, dtype: torch.dtype | None = None, head: str = "lm",
+           **kwargs) -> torch.nn.Module:
+    """The export as a user loads it: ``<Auto class>.from_pretrained(folder)``; a reward model with our loader
+    (that class for the LM, plus ``v_head.weight``)."""
     import transformers
 
+    if head == "reward":
+        return load_reward_model(str(folder), torch_dtype=str(dtype or torch.float32).replace("torch.", "")).model
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:

@@ -3,10 +3,14 @@
 Every backend takes `Request`s (a conversation, encoded by the one encoder, or a raw completion prompt)
 and returns `Completion`s; `on_text(index, delta)` receives reply text as it is generated. Other
 backends live in their own thin modules (`vllm_engine.py`) and are chosen in `infer/load.py`.
+
+Rows of one batch are isolated: each keeps its own sampling settings and seed (`sampling.RowSampler`),
+ends on its own (length, stop strings, cancellation by its client) and fails on its own (`Completion.error`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -17,35 +21,15 @@ import torch
 from ..data.collate import left_pad
 from ..data.encode import IGNORE, Encoded, encode_prompt
 from ..data.formats import Conversation
-from ..errors import ConfigError
+from ..data.special_tokens import check_raw_prompt
+from ..errors import ConfigError, GenerationError
+from .sampling import GenerationSettings, RowSampler
 
 OnText = Callable[[int, str], None]
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def generate_kwargs(self) -> dict:
-        kw = dict(max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty)
-        if self.temperature > 0:
-            # top_k=0 disables top-k (None would fall back to the generation config's default of 50)
-            kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kw
-
-    def sampling_key(self) -> tuple:
-        """What rows of one batch must share; length limits and stop strings are applied per row."""
-        if self.temperature == 0:  # greedy: seed, top_p and top_k play no part
-            return (0.0, self.repetition_penalty)
-        return (self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.seed)
+# transformers runs greedy with its own warpers off; RowSampler applies every row's settings itself
+GENERATE_KWARGS = dict(do_sample=False, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0)
 
 
 @dataclass
@@ -57,9 +41,15 @@ class Request:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     adapters: tuple[str, ...] = ()  # names of loaded LoRA adapters active together; () = the base model
     encoded: Encoded | None = None  # the prompt, when encoded ahead (servers check its length first)
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def batch_key(self) -> tuple:
-        return (self.adapters, self.settings.sampling_key())
+        """What rows of one batch must share: the adapters and the form of the encoded input (a raw prompt has
+        no processor fields; media add tensors). Sampling settings, seeds and lengths are per row."""
+        conv = self.conversation
+        if conv is None:
+            return (self.adapters, "prompt")
+        return (self.adapters, "chat", bool(conv.images), bool(conv.videos), bool(conv.audios))
 
 
 @dataclass
@@ -67,7 +57,8 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+    finish_reason: str  # "stop" (end of turn or a stop string), "length"; "cancelled" / "error" are not replies
+    error: str | None = None  # why this row failed (finish_reason "error"); its batch-mates are unaffected
 
 
 class Engine(Protocol):
@@ -90,6 +81,7 @@ def encode_request(request: Request, processor) -> Encoded:
         return request.encoded
     if request.conversation is not None:
         return encode_prompt(request.conversation, processor)
+    check_raw_prompt(request.prompt, processor, source="request")
     ids = getattr(processor, "tokenizer", processor)(request.prompt)["input_ids"]
     return Encoded(input_ids=ids, labels=[IGNORE] * len(ids))
 
@@ -109,13 +101,17 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 class ReplyTracker:
-    """Per-row reply state during one `generate`: ends rows on end-of-turn, stop strings and their own
-    length limit, and hands new text to `on_text`. Used as a transformers stopping criterion, so it is
-    the one place that decides where a reply ends."""
+    """Per-row reply state during one `generate`: ends rows on end-of-turn, stop strings, their own length
+    limit, their client's cancellation and their own failure (``row_errors``, filled by the sampler), and
+    hands new text to `on_text`. Used as a transformers stopping criterion, so it is the one place that
+    decides where a reply ends; an ended row stops within the step."""
 
-    def __init__(self, tokenizer, eos_ids: set[int], requests: list[Request], on_text: OnText | None):
+    def __init__(self, tokenizer, eos_ids: set[int], requests: list[Request], on_text: OnText | None,
+                 row_errors: list[str | None] | None = None):
         self.tokenizer, self.eos_ids, self.on_text = tokenizer, eos_ids, on_text
         self.settings = [r.settings for r in requests]
+        self.cancelled = [r.cancelled for r in requests]
+        self.row_errors = row_errors or [None] * len(requests)
         n = len(requests)
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.text = [""] * n
@@ -127,7 +123,13 @@ class ReplyTracker:
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         last = input_ids[:, -1].tolist()
         for i, tok in enumerate(last):
-            if self.reason[i] is None:
+            if self.reason[i] is not None:
+                continue
+            if self.cancelled[i].is_set():
+                self.reason[i] = "cancelled"
+            elif self.row_errors[i] is not None:
+                self.reason[i] = "error"
+            else:
                 self._step(i, tok)
         return torch.tensor([r is not None for r in self.reason], device=input_ids.device)
 
@@ -159,13 +161,41 @@ class ReplyTracker:
     def finish(self, prompt_lens: list[int]) -> list[Completion]:
         out = []
         for i, n_prompt in enumerate(prompt_lens):
-            self.reason[i] = self.reason[i] or "length"
+            if self.reason[i] is None:  # generate stopped before the row ended (e.g. the model's max_length)
+                self.reason[i] = "cancelled" if self.cancelled[i].is_set() else \
+                    "error" if self.row_errors[i] is not None else "length"
+            if self.reason[i] in ("cancelled", "error"):
+                out.append(Completion(self.text[i], n_prompt, len(self.tokens[i]), self.reason[i], self.row_errors[i]))
+                continue
             if not self.live[i]:
                 reply = self.tokens[i][:-1] if self.tokens[i] and self.tokens[i][-1] in self.eos_ids else self.tokens[i]
                 self.text[i] = self.tokenizer.decode(reply, skip_special_tokens=True)
             self._emit(i, len(self.text[i]))
             out.append(Completion(self.text[i], n_prompt, len(self.tokens[i]), self.reason[i]))
         return out
+
+
+def single_adapter(names: tuple[str, ...], loaded: tuple[str, ...], backend: str) -> str | None:
+    """The one adapter a request of a serving engine uses (None: the base model); engines that apply one LoRA
+    adapter per request refuse several, and every engine refuses one it has not loaded."""
+    if not names:
+        return None
+    if len(names) > 1:
+        raise ConfigError(f"the {backend} backend applies one LoRA adapter per request; merge them or use "
+                          "--infer_backend transformers to apply several together")
+    if names[0] not in loaded:
+        raise ConfigError(f"adapter {names[0]!r} is not loaded; loaded: {list(loaded)}")
+    return names[0]
+
+
+def request_images(request: Request) -> list:
+    """The decoded images of a conversation request, in order (an unreadable one is a DataError naming the row)."""
+    from ..data.media import load_image
+
+    conv = request.conversation
+    if conv is None:
+        return []
+    return [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
 
 
 def context_length(config) -> int | None:
@@ -216,22 +246,23 @@ class TransformersEngine:
         """Replies to requests sharing `batch_key()`, generated together in one left-padded batch."""
         if len({r.batch_key() for r in requests}) > 1:
             raise ValueError("generate_batch needs requests with one batch_key(); use generate_many")
-        first = requests[0].settings
+        from transformers import LogitsProcessorList
+
         prompts = [self.encode(r) for r in requests]
         batch = left_pad(prompts, self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        tracker = ReplyTracker(self.tokenizer, eos_token_ids(self.model, self.tokenizer), requests, on_text)
-        kwargs = first.generate_kwargs()
-        kwargs["max_new_tokens"] = max(r.settings.max_new_tokens for r in requests)
-        if first.seed is not None:
-            torch.manual_seed(first.seed)
+        eos_ids = eos_token_ids(self.model, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        sampler = RowSampler([r.settings for r in requests], device, pad if pad is not None else min(eos_ids, default=0))
+        tracker = ReplyTracker(self.tokenizer, eos_ids, requests, on_text, row_errors=sampler.errors)
+        max_new = max(r.settings.max_new_tokens for r in requests)
         was_training = self.model.training
         self.model.eval()
         try:
             with self.using_adapters(requests[0].adapters):
-                self.model.generate(**batch, **kwargs, stopping_criteria=[tracker],
-                                    pad_token_id=self.tokenizer.pad_token_id)
+                self.model.generate(**batch, **GENERATE_KWARGS, max_new_tokens=max_new, pad_token_id=pad,
+                                    logits_processor=LogitsProcessorList([sampler]), stopping_criteria=[tracker])
         finally:
             self.model.train(was_training)
         return tracker.finish([len(p) for p in prompts])
@@ -256,6 +287,8 @@ def generate_many(engine: Engine, requests: list[Request], batch_size: int,
             chunk = idx[start: start + batch_size]
             relay = None if on_text is None else (lambda j, d, chunk=chunk: on_text(chunk[j], d))
             for i, c in zip(chunk, engine.generate_batch([requests[i] for i in chunk], relay)):
+                if c.error is not None:
+                    raise GenerationError(f"request {i}: {c.error}")
                 out[i] = c
             if on_batch is not None:
                 on_batch(len(chunk))

@@ -118,12 +118,30 @@ def _transformers(spec: ServeSpec, engine: EngineArgs):
     return TransformersEngine(model.eval(), processor, max_batch_size=engine.max_batch_size)
 
 
+def _need_package(name: str) -> None:
+    if importlib.util.find_spec(name) is None:
+        raise ConfigError(f"--infer_backend {name} needs the {name} package (and a CUDA GPU): pip install {name}")
+
+
 def _vllm(spec: ServeSpec, engine: EngineArgs):
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("--infer_backend vllm needs the vllm package (and a CUDA GPU): pip install vllm")
+    _need_package("vllm")
     from .vllm_engine import VllmEngine
 
     return VllmEngine.load(spec, engine)
 
 
-BACKENDS = {"transformers": _transformers, "vllm": _vllm}
+def _sglang(spec: ServeSpec, engine: EngineArgs):
+    _need_package("sglang")
+    from .sglang_engine import SglangEngine
+
+    return SglangEngine.load(spec, engine)
+
+
+def _lmdeploy(spec: ServeSpec, engine: EngineArgs):
+    _need_package("lmdeploy")
+    from .lmdeploy_engine import LmdeployEngine
+
+    return LmdeployEngine.load(spec, engine)
+
+
+BACKENDS = {"transformers": _transformers, "vllm": _vllm, "sglang": _sglang, "lmdeploy": _lmdeploy}

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..config.infer import GenerationArgs, InferConfig
 from ..data.dataset import load_conversations
 from ..data.formats import Conversation, parse_row, text_of
-from ..errors import TailorkitError
+from ..errors import GenerationError, TailorkitError
 from .engine import Engine, GenerationSettings, Request, generate_many
 from .load import build_engine
 
@@ -127,5 +127,7 @@ def _reply(engine, settings, system, messages, images, stream, output) -> str:
         print(delta, end="", file=output, flush=True)
 
     done = engine.generate_batch([request], on_text=show if stream else None)[0]
+    if done.error is not None:
+        raise GenerationError(done.error)
     print(("" if stream else done.text), file=output, flush=True)
     return done.text

@@ -10,9 +10,7 @@ the rendered chat text plus the images, which vLLM expands with the same process
 from __future__ import annotations
 
 from ..data.encode import Encoded, render_conversation
-from ..data.media import load_image
-from ..errors import ConfigError
-from .engine import Completion, OnText, Request, encode_request
+from .engine import Completion, OnText, Request, encode_request, request_images, single_adapter
 
 
 def vllm_inputs(request: Request, processor) -> dict:
@@ -20,9 +18,8 @@ def vllm_inputs(request: Request, processor) -> dict:
     conv = request.conversation
     if conv is None or not conv.images:
         return {"prompt_token_ids": encode_request(request, processor).input_ids}
-    images = [load_image(src, conv.base_dir, source=conv.source, line=conv.line) for src in conv.images]
     return {"prompt": render_conversation(processor, conv, conv.messages, True),
-            "multi_modal_data": {"image": images}}
+            "multi_modal_data": {"image": request_images(request)}}
 
 
 def sampling_kwargs(request: Request) -> dict:
@@ -82,16 +79,12 @@ class VllmEngine:
         return cls(llm, processor, spec.adapters, max_context)
 
     def lora_request(self, names: tuple[str, ...]):
-        if not names:
+        name = single_adapter(names, self.adapter_names, "vllm")
+        if name is None:
             return None
-        if len(names) > 1:
-            raise ConfigError("the vllm backend applies one LoRA adapter per request; merge them or use "
-                              "--infer_backend transformers to apply several together")
-        if names[0] not in self._adapter_paths:
-            raise ConfigError(f"adapter {names[0]!r} is not loaded; loaded: {list(self.adapter_names)}")
         from vllm.lora.request import LoRARequest
 
-        return LoRARequest(names[0], self.adapter_names.index(names[0]) + 1, self._adapter_paths[names[0]])
+        return LoRARequest(name, self.adapter_names.index(name) + 1, self._adapter_paths[name])
 
     def generate_batch(self, requests: list[Request], on_text: OnText | None = None) -> list[Completion]:
         """Replies to requests sharing `batch_key()`; text reaches `on_text` once each reply is complete."""

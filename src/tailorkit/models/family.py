@@ -44,6 +44,9 @@ class Family:
     # Shipped peft adapters that the model's own code switches by modality: (batch input key, adapter name)
     # pairs in priority order; a batch holding none of the keys runs with no adapter (tuners/modality.py).
     adapter_by_input: tuple[tuple[str, str], ...] = ()
+    # (module owning get_image_features, a tensor giving device) -> its kwargs for one tiny zero image: the
+    # dummy vision pass that keeps every rank's collectives in step (distributed/media.py); None = none.
+    dummy_image: Callable | None = field(default=None, compare=False)
     media: tuple[str, ...] = ("image",)  # media kinds the processor takes (multimodal families; tests use the first)
     support: str = "tiny random build: prompt = train prefix, supervised = replies, 1 sft step with an image"
 

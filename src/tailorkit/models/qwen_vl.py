@@ -10,7 +10,17 @@ from .family import Family, chat_template_file
 from .text import DECODER_LORA
 from .tiny import QWEN2_VL_TEMPLATE, QWEN_SPECIAL, build_qwen2_5_vl, qwen_tokenizer, save_tiny, text_config
 
+def dummy_image(owner: torch.nn.Module, like: torch.Tensor) -> dict:
+    """``get_image_features`` kwargs for one image of zero patches: the smallest grid the merger takes."""
+    cfg = owner.visual.config
+    merge = cfg.spatial_merge_size
+    width = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2
+    return {"pixel_values": torch.zeros(merge * merge, width, device=like.device, dtype=owner.visual.dtype),
+            "image_grid_thw": torch.tensor([[1, merge, merge]], device=like.device)}
+
+
 _COMMON = dict(
+    dummy_image=dummy_image,
     auto_class="AutoModelForImageTextToText",
     vision=("model.visual",),
     aligner=("model.visual.merger",),

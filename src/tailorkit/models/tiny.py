@@ -88,13 +88,13 @@ def text_config(tok, **over) -> dict:
     return cfg
 
 
-def build_qwen2(out: str | Path) -> None:
-    """Tiny Qwen2 text model (Qwen2-Instruct chat template)."""
+def build_qwen2(out: str | Path, **config: int) -> None:
+    """Tiny Qwen2 text model (Qwen2-Instruct chat template); ``config`` overrides its sizes (hidden_size, ...)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tok = qwen_tokenizer(QWEN2_TEMPLATE)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**text_config(tok)))
+    model = Qwen2ForCausalLM(Qwen2Config(**text_config(tok, **config)))
     save_tiny(model, tok, out)
 
 

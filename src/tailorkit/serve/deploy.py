@@ -21,9 +21,11 @@ def server_options(cfg: DeployConfig, model_path: str) -> ServerOptions:
         base_name=d.served_model_name or Path(model_path).name,
         limits=Limits(default=settings_from_args(cfg.generation), max_tokens=d.max_tokens_limit),
         policy=MediaPolicy(allow_remote=d.allow_remote_media, media_root=d.media_root,
-                           max_remote_bytes=d.max_remote_media_bytes),
+                           max_remote_bytes=d.max_remote_media_bytes, max_image_pixels=d.max_image_pixels,
+                           max_request_pixels=d.max_request_pixels, max_images=d.max_images_per_request),
         api_key=d.api_key, max_request_bytes=d.max_request_bytes, max_batch_size=cfg.engine.max_batch_size,
-        batch_wait_s=d.batch_wait_ms / 1000)
+        batch_wait_s=d.batch_wait_ms / 1000, max_queue=d.max_queue, max_concurrent_requests=d.max_concurrent_requests,
+        request_timeout_s=d.request_timeout_s or None, enable_docs=d.enable_docs)
 
 
 def build_app(cfg: DeployConfig):

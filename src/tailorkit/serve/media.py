@@ -2,6 +2,8 @@
 
 data: URIs are always accepted; http(s) URLs only with --allow_remote_media (size-bounded, no redirects);
 server-local files (plain paths or file:// URLs) only inside --media_root. Everything else is refused.
+An image's size is read from its header and checked (per image and per request) before it is decoded,
+so a small file that would decode to gigabytes (a decompression bomb) costs nothing.
 """
 
 from __future__ import annotations
@@ -16,16 +18,44 @@ from urllib.parse import unquote, urlparse
 from .errors import ApiError
 
 
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # what OpenAI's API takes; no other Pillow decoder sees request bytes
+MAX_PATH_CHARS = 4096
+MAX_NAME_BYTES = 255  # one path component, as most file systems allow
+
+
 @dataclass(frozen=True)
 class MediaPolicy:
     allow_remote: bool = False
     media_root: str | None = None
-    max_remote_bytes: int = 20 * 1024 * 1024
+    max_remote_bytes: int = 20 * 1024 * 1024  # also bounds files read from media_root
     timeout_s: float = 10.0
+    max_image_pixels: int = 4096 * 4096
+    max_request_pixels: int = 2 * 4096 * 4096
+    max_images: int = 16
 
 
-def load_request_image(url: str, policy: MediaPolicy, param: str):
-    """A decoded RGB image for an ``image_url`` of a request; a refused or unreadable one is an ApiError (400)."""
+def load_request_images(urls: list, policy: MediaPolicy, param: str) -> list:
+    """Decoded RGB images for a request's ``image_url``s, within the policy's count and pixel limits."""
+    if len(urls) > policy.max_images:
+        raise ApiError(400, f"the request has {len(urls)} images; this server takes at most {policy.max_images} "
+                            "per request (--max_images_per_request)", param=param)
+    left, images = policy.max_request_pixels, []
+    for url in urls:
+        image = _open(request_image_bytes(url, policy, param), param)
+        width, height = image.size
+        if width * height > policy.max_image_pixels:
+            raise ApiError(400, f"an image is {width}x{height} = {width * height} pixels; this server takes at most "
+                                f"{policy.max_image_pixels} pixels per image (--max_image_pixels)", param=param)
+        left -= width * height
+        if left < 0:
+            raise ApiError(400, f"the request's images have more than {policy.max_request_pixels} pixels together "
+                                "(--max_request_pixels)", param=param)
+        images.append(_decode(image, param))
+    return images
+
+
+def request_image_bytes(url: str, policy: MediaPolicy, param: str) -> bytes:
+    """The bytes of an ``image_url`` of a request; a refused or unreadable one is an ApiError (400)."""
     if not isinstance(url, str) or not url:
         raise ApiError(400, "image_url.url must be a non-empty string", param=param)
     scheme = urlparse(url).scheme.lower() if "://" in url or url.startswith("data:") else ""
@@ -40,7 +70,7 @@ def load_request_image(url: str, policy: MediaPolicy, param: str):
         data = read_local(local_path(url, scheme, policy, param))
     else:
         raise ApiError(400, f"unsupported image URL scheme {scheme!r}; use a data: URI", param=param)
-    return _decode(data, param)
+    return data
 
 
 def _data_uri_bytes(url: str, param: str) -> bytes:
@@ -63,13 +93,30 @@ def local_path(url: str, scheme: str, policy: MediaPolicy, param: str) -> Path:
         if parsed.netloc not in ("", "localhost"):
             raise ApiError(400, "file:// URLs must not name a host", param=param)
         url = unquote(parsed.path)
+    check_path_text(url, param)
     root = Path(policy.media_root).resolve()
-    target = (root / url).resolve()
-    if not target.is_relative_to(root):
-        raise ApiError(400, "the image path is outside the server's media root", param=param)
-    if not target.is_file():
-        raise ApiError(400, "the image file does not exist in the server's media root", param=param)
+    try:
+        target = (root / url).resolve()
+        if not target.is_relative_to(root):
+            raise ApiError(400, "the image path is outside the server's media root", param=param)
+        if not target.is_file():
+            raise ApiError(400, "the image file does not exist in the server's media root", param=param)
+        size = target.stat().st_size
+    except (OSError, RuntimeError) as e:  # a symlink loop, a name the file system refuses
+        raise ApiError(400, f"cannot open the image path: {e.strerror or type(e).__name__}", param=param) from None
+    if size > policy.max_remote_bytes:
+        raise ApiError(400, f"the image file is larger than {policy.max_remote_bytes} bytes", param=param)
     return target
+
+
+def check_path_text(path: str, param: str) -> None:
+    """Refuse a path the file system must never see: NUL bytes, over-long paths or names."""
+    if "\0" in path:
+        raise ApiError(400, "the image path contains a NUL byte", param=param)
+    if len(path) > MAX_PATH_CHARS:
+        raise ApiError(400, f"the image path is longer than {MAX_PATH_CHARS} characters", param=param)
+    if any(len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for name in path.split("/")):
+        raise ApiError(400, f"a name in the image path is longer than {MAX_NAME_BYTES} bytes", param=param)
 
 
 def read_local(path: Path) -> bytes:
@@ -92,16 +139,33 @@ def fetch_remote(url: str, policy: MediaPolicy, param: str) -> bytes:
                                    param=param)
                 chunks.append(chunk)
             return b"".join(chunks)
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:  # InvalidURL is no HTTPError
         raise ApiError(400, f"cannot fetch the image: {type(e).__name__}", param=param) from None
 
 
-def _decode(data: bytes, param: str):
+def _open(data: bytes, param: str):
+    """The image with only its header read (size and format known, pixels not decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise ApiError(400, "the image is larger than this server's pixel limit (--max_image_pixels)",
+                       param=param) from None
+    except UnidentifiedImageError:
+        raise ApiError(400, f"the data is not an image in a supported format ({', '.join(FORMATS)})",
+                       param=param) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ApiError(400, f"cannot read the image header: {e}", param=param) from None
+
+
+def _decode(image, param: str):
+    from PIL import Image
+
+    try:
         image.load()
         return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ApiError(400, f"cannot decode the image: {e}", param=param) from None
+    finally:
+        image.close()

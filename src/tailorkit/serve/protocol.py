@@ -1,28 +1,59 @@
-"""OpenAI request bodies (typed, so wrong types are 422) and their translation to engine Requests."""
+"""OpenAI request bodies (typed, so wrong types are 422) and their translation to engine Requests.
+
+Every field is bounded where it is parsed: numbers to ranges where generation stays finite, strings to
+valid Unicode, lists to counts (messages, parts, prompts), so no input reaches the engine that could fail
+there with a 5xx.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from ..config.infer import MIN_TEMPERATURE, PENALTY_RANGE, SEED_MAX
 from ..data.formats import parse_row
 from ..errors import TailorkitError
 from ..infer.engine import Engine, GenerationSettings, Request
 from .errors import ApiError
-from .media import MediaPolicy, load_request_image
+from .media import MediaPolicy, load_request_images
 from .tools import check_tool_request
+MAX_CHOICES = 64  # completions one request may ask for (prompts x n)
+MAX_MESSAGES = 1024  # messages per chat request
+MAX_PARTS = 256  # content parts per message
+
+
+def valid_unicode(value: str) -> str:
+    """``value`` if it can be encoded as UTF-8 (JSON escapes can produce lone surrogates, which cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"is not valid Unicode: a lone surrogate at character {e.start}") from None
+    return value
+
+
+def at_most(n: int):
+    """A before-validator refusing a list of more than ``n`` items before any item is validated (pydantic's
+    max_length counts after validating them all)."""
+    def check(value):
+        if isinstance(value, list) and len(value) > n:
+            raise ValueError(f"has {len(value)} items; at most {n} are accepted")
+        return value
+    return BeforeValidator(check)
+
+
+Text = Annotated[str, AfterValidator(valid_unicode)]
 
 
 class ImageUrl(BaseModel):
-    url: str
-    detail: str | None = None
+    url: Text
+    detail: Text | None = None
 
 
 class ContentPart(BaseModel):
     type: Literal["text", "image_url"]
-    text: str | None = None
+    text: Text | None = None
     image_url: ImageUrl | None = None
 
 
@@ -39,17 +70,15 @@ class ToolCall(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Text | Annotated[list[ContentPart], at_most(MAX_PARTS)] | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: str | None = None  # a tool result: the call it answers
-    name: str | None = None
+    name: Text | None = None
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
-
-MAX_CHOICES = 64  # completions one request may ask for (prompts x n)
 
 # OpenAI features this server does not implement: asking for them is a 400, not a silently different answer.
 UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "suffix", "logit_bias", "presence_penalty",
@@ -61,29 +90,36 @@ class _Sampling(BaseModel):
     """Fields shared by chat and text completions; other fields (user, metadata ...) are accepted and unused,
     except the UNSUPPORTED features, which are refused when set."""
 
-    model_config = ConfigDict(extra="allow")
-    model: str
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model: Text
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
+    top_k: int | None = Field(None, ge=0, le=2**31 - 1)
+    repetition_penalty: float | None = Field(None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
+    @field_validator("temperature")
+    @classmethod
+    def _finite_temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
+
 
 class ChatRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: Annotated[list[ChatMessage], at_most(MAX_MESSAGES)] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[dict] | None = None  # rendered by the model's chat template (or --agent_template)
     tool_choice: str | dict | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: Text | Annotated[list[Text], at_most(MAX_CHOICES)]
 
 
 @dataclass(frozen=True)
@@ -131,8 +167,7 @@ def chat_requests(req: ChatRequest, adapters: tuple[str, ...], limits: Limits, p
         raise ApiError(400, str(e), param="messages") from None
     if conv.messages[-1]["role"] not in ("user", "tool"):
         raise ApiError(400, "the last message must be the user's (or a tool result)", param="messages")
-    conv.images = [load_request_image(url, policy, param="messages.content.image_url")
-                   for url in conv.images]
+    conv.images = load_request_images(conv.images, policy, param="messages.content.image_url")
     return [Request(conversation=conv, settings=settings, adapters=adapters) for _ in range(req.n)]
 
 
@@ -157,6 +192,8 @@ def encode_checked(engine: Engine, requests: list[Request], param: str) -> None:
                 done[key] = engine.encode(r)
             except TailorkitError as e:
                 raise ApiError(400, str(e), param=param) from None
+            except ValueError as e:  # the processor's own checks (e.g. an image's aspect ratio)
+                raise ApiError(400, f"the model's processor cannot take this input: {e}", param=param) from None
         r.encoded = done[key]
         limit = engine.max_context
         if limit and len(r.encoded) + r.settings.max_new_tokens > limit:

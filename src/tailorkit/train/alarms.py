@@ -189,5 +189,10 @@ def grad_norms(params: list[torch.Tensor]) -> torch.Tensor:
     """L2 norm of each parameter's gradient (0 where it has none)."""
     grads = [p.grad for p in params]
     device = next((g.device for g in grads if g is not None), torch.device("cpu"))
-    return torch.stack([torch.linalg.vector_norm(g.detach().float()).to(device) if g is not None
+    return torch.stack([whole(torch.linalg.vector_norm(g.detach().float())).to(device) if g is not None
                         else torch.zeros((), device=device) for g in grads]) if grads else torch.zeros(0)
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: an FSDP2 DTensor's value over every rank (a collective all ranks reach together)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -10,10 +10,16 @@ from transformers import TrainerCallback
 
 from ..run_files import LOG_FILE, PLOT_FILE
 
+# What users of the rlhf algorithms watch, where the algorithm logs it: pairwise margins and accuracy;
+# grpo/ppo mean reward, KL, entropy, clip fraction; gkd the student's KL to its teacher. Shown on the progress
+# bar and in the second panel of loss.png (completion length is logged too, on another scale).
+WATCHED = ("rewards/margins", "rewards/accuracies", "reward", "kl", "teacher_kl", "entropy", "clip_ratio")
+BAR_KEYS = ("loss", "learning_rate", "eval_loss", "rewards/margins", "rewards/accuracies", "reward", "kl",
+            "teacher_kl", "eval_reward")
 
 
 class ProgressCallback(TrainerCallback):
-    """One tqdm bar over optimizer steps showing loss, learning rate and ETA."""
+    """One tqdm bar over optimizer steps showing loss, learning rate, the algorithm's watched metrics and ETA."""
 
     def __init__(self):
         self.bar = None
@@ -29,7 +35,7 @@ class ProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs:
-            shown = {k: f"{logs[k]:.4g}" for k in ("loss", "learning_rate", "eval_loss") if k in logs}
+            shown = {k.split("/")[-1]: f"{logs[k]:.4g}" for k in BAR_KEYS if k in logs}
             if shown:
                 self.bar.set_postfix(shown, refresh=False)
 
@@ -61,7 +67,7 @@ def generation_metric_keys(rows: list[dict]) -> list[str]:
 
 def plot_loss(output_dir: str | Path) -> Path | None:
     """Loss (and eval loss) against step from logging.jsonl, saved as loss.png; generation metrics logged during
-    training share the plot on a second axis."""
+    training share the plot on a second axis; an rlhf run's watched metrics (``WATCHED``) get a second panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,9 +80,12 @@ def plot_loss(output_dir: str | Path) -> Path | None:
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     metrics = generation_metric_keys(rows)
+    watched = [k for p in ("", "eval_") for k in (p + w for w in WATCHED) if any(k in r for r in rows)]
     if not train and not evals and not metrics:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, axes = plt.subplots(2 if watched else 1, 1, figsize=(6, 6.5 if watched else 4), dpi=100, squeeze=False,
+                             sharex=True)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:
@@ -94,8 +103,21 @@ def plot_loss(output_dir: str | Path) -> Path | None:
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     ax.legend(handles, labels, fontsize="small")
+    if watched:
+        _plot_watched(axes[1][0], rows, watched)
     fig.tight_layout()
     out = Path(output_dir) / PLOT_FILE
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _plot_watched(ax, rows: list[dict], keys: list[str]) -> None:
+    """The algorithm's watched metrics against step (eval ones dashed with markers)."""
+    for k, key in enumerate(keys):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), "o--" if key.startswith("eval_") else "-", color=f"C{k % 10}", label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("rlhf metrics")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")

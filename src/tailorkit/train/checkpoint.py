@@ -31,6 +31,7 @@ RESUME_FREE = frozenset({
     "save_total_limit", "report_to", "dataloader_num_workers", "eval_steps", "per_device_eval_batch_size",
     "val_dataset", "strict_alarms", "alarm_patience", "gradient_checkpointing", "gradient_checkpointing_kwargs",
     "eval_strategy", "eval_dataset", "eval_limit", "eval_max_new_tokens",  # greedy scoring draws no random numbers
+    "ddp_backend", "ddp_timeout", "ddp_bucket_cap_mb", "ddp_find_unused_parameters", "ddp_broadcast_buffers",
 })
 
 

@@ -70,7 +70,7 @@ def make_guards(cfg: SftConfig, out: Path, resume: Path | None, train_set, write
 
     progress = ProgressCallback()
     alarms = AlarmCallback(cfg.train.alarm_patience, cfg.train.strict_alarms, out / LOG_FILE,
-                           check_grads=cfg.train.deepspeed is None, progress=progress)
+                           check_grads=cfg.dist.deepspeed is None, progress=progress)
     hooks = TrainerHooks(checkpoints=CheckpointWriter(out, cfg.train.save_total_limit, write_files),
                          after_batch=[alarms.observe_batch], restore_rng_at_first_batch=stream_resumed)
     if stream is not None and PartialState().num_processes == 1:

@@ -5,6 +5,10 @@ identical inputs. An algorithm (the ``train.algorithm.Algorithm`` protocol) is t
 needs: our one ``Trainer`` calls ``algorithm.compute_loss(trainer, model, inputs)`` and
 ``algorithm.pop_metrics(...)`` when logging. Losses are means over the micro-batch divided by the
 accumulation steps (the Trainer does not rescale).
+
+Pairs run as one forward pass over [chosen; rejected] (``--concatenated_forward true``, the default). Two
+passes over the same parameters before one backward break DDP under reentrant gradient checkpointing
+(each checkpointed segment's backward marks the parameters ready again); the Trainer names that fix.
 """
 
 from __future__ import annotations
@@ -17,16 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from ..config.rlhf import LOSS_CHOICES
-from ..data.encode import IGNORE
 from ..data.preference import EncodedPair
+from ..models.value_head import sequence_scores
 from .algorithm import Metrics, per_step_loss
-from .losses import shifted_token_nll
+from .losses import token_log_probs
 
 DPO_LOSSES = LOSS_CHOICES["dpo"]
 CPO_LOSSES = LOSS_CHOICES["cpo"]
 # Batch keys that are ours, never model inputs.
-_EXTRA_PREFIXES = ("ref_", "kl_")
-_EXTRA_KEYS = ("labels", "label")
+_EXTRA_PREFIXES = ("ref_", "kl_", "rejected_")
+_EXTRA_KEYS = ("labels", "label", "margin", "prompts")
 
 
 # ---- losses: pure functions of log-probabilities -------------------------------------------------------------
@@ -89,13 +93,26 @@ def cpo_loss(chosen_logps, rejected_logps, chosen_nll, *, beta: float, loss_type
 
 def kto_loss(logps, ref_logps, labels, kl_logps, ref_kl_logps, *, beta: float, desirable_weight: float = 1.0,
              undesirable_weight: float = 1.0):
-    """KTO on unpaired samples: desirable (label true) pulled above, undesirable below, the batch KL estimate."""
-    kl = (kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    """KTO on unpaired samples: desirable (label true) pulled above, undesirable below, the batch KL estimate
+    (averaged over every process's samples, as TRL gathers it)."""
+    kl = kto_kl(kl_logps, ref_kl_logps)
     ratio = logps - ref_logps
     chosen, rejected = ratio[labels], ratio[~labels]
     losses = torch.cat((desirable_weight * (1 - torch.sigmoid(beta * (chosen - kl))),
                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - rejected)))))
     return losses.nanmean(), beta * chosen.detach(), beta * rejected.detach(), kl
+
+
+def kto_kl(kl_logps, ref_kl_logps) -> torch.Tensor:
+    """KTO's estimate of KL(policy || reference): the mean log-ratio of the mismatched (KL) samples of the whole
+    step's batch, all processes together (sum and count all-reduced), clamped at 0; no gradient."""
+    import torch.distributed as dist
+
+    diff = (kl_logps - ref_kl_logps).detach().float()
+    total = torch.stack([diff.sum(), torch.tensor(float(diff.numel()), device=diff.device)])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total)  # every rank runs it every step: KTO's batches always hold KL samples
+    return (total[0] / total[1].clamp(min=1)).clamp(min=0)
 
 
 def reward_model_loss(chosen_rewards, rejected_rewards, *, margin=None, center_rewards_coefficient=None):
@@ -126,11 +143,22 @@ def model_inputs(batch: dict, prefix: str = "") -> dict:
 
 def token_logps(model, batch: dict, prefix: str = "", temperature: float = 1.0):
     """(log-prob of each next token [N, T-1] (0 off the replies), reply mask [N, T-1]) for a padded batch."""
-    labels = batch[prefix + "labels"]
     logits = model(**model_inputs(batch, prefix), use_cache=False).logits
-    if temperature != 1.0:
-        logits = logits / temperature
-    return -shifted_token_nll(logits, labels), labels[:, 1:] != IGNORE
+    return token_log_probs(logits, batch[prefix + "labels"], temperature)
+
+
+def pair_token_logps(model, batch: dict, concatenated: bool = True):
+    """((chosen per-token log-probs, mask), (rejected ..., mask)) of a pair batch (see ``PairCollator``)."""
+    if not concatenated:
+        return token_logps(model, batch), token_logps(model, batch, prefix="rejected_")
+    per_token, mask = token_logps(model, batch)
+    n = per_token.shape[0] // 2
+    return (per_token[:n], mask[:n]), (per_token[n:], mask[n:])
+
+
+def pair_sequence_logps(model, batch: dict, concatenated: bool = True):
+    """(chosen, rejected) summed log-probs of a pair batch."""
+    return tuple((lp * m).sum(-1) for lp, m in pair_token_logps(model, batch, concatenated))
 
 
 def sequence_logps(model, batch: dict, prefix: str = ""):
@@ -139,9 +167,16 @@ def sequence_logps(model, batch: dict, prefix: str = ""):
     return (per_token * mask).sum(-1)
 
 
-def chosen_nll(per_token, mask, n_chosen: int):
-    """Mean NLL over the chosen replies' tokens (the first ``n_chosen`` rows)."""
-    return -per_token[:n_chosen][mask[:n_chosen]].mean()
+def chosen_nll(per_token, mask):
+    """Mean NLL over the chosen replies' tokens."""
+    return -per_token[mask].mean()
+
+
+def pair_metrics(chosen_rewards, rejected_rewards, **more) -> dict:
+    """What every pairwise algorithm logs: rewards, margins, accuracy (and the extras given)."""
+    return {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(), **more}
 
 
 class ReferenceModel:
@@ -213,34 +248,32 @@ class DpoAlgorithm:
     batch (precomputed) or from the reference model."""
 
     def __init__(self, *, beta: float, loss_type: str, label_smoothing: float = 0.0, rpo_alpha: float | None = None,
-                 reference: ReferenceModel | None = None, alarm_steps: int = 5):
+                 reference: ReferenceModel | None = None, alarm_steps: int = 5, concatenated: bool = True):
         if loss_type not in DPO_LOSSES:
             raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose one of {', '.join(DPO_LOSSES)}")
         self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = beta, loss_type, label_smoothing, rpo_alpha
         self.reference = reference or ReferenceModel()
+        self.concatenated = concatenated
         self.metrics = Metrics()
         self.alarm = FlatMarginAlarm(alarm_steps)
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
-        per_token, mask = token_logps(model, inputs)
-        n = per_token.shape[0] // 2
-        logps = (per_token * mask).sum(-1)
+        (chosen, c_mask), (rejected, r_mask) = pair_token_logps(model, inputs, self.concatenated)
+        c_logps, r_logps = (chosen * c_mask).sum(-1), (rejected * r_mask).sum(-1)
         if "ref_chosen_logps" in inputs:
             ref_c, ref_r = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
             with self.reference.active(trainer, model) as ref:
-                ref_c, ref_r = sequence_logps(ref, inputs).chunk(2)
-        lengths = mask.sum(-1)
-        losses, cr, rr = dpo_loss(logps[:n], logps[n:], ref_c, ref_r, beta=self.beta, loss_type=self.loss_type,
-                                  label_smoothing=self.label_smoothing, chosen_lengths=lengths[:n],
-                                  rejected_lengths=lengths[n:])
+                ref_c, ref_r = pair_sequence_logps(ref, inputs, self.concatenated)
+        losses, cr, rr = dpo_loss(c_logps, r_logps, ref_c, ref_r, beta=self.beta, loss_type=self.loss_type,
+                                  label_smoothing=self.label_smoothing, chosen_lengths=c_mask.sum(-1),
+                                  rejected_lengths=r_mask.sum(-1))
         loss = losses.mean()
         if self.rpo_alpha:
-            loss = loss + self.rpo_alpha * chosen_nll(per_token, mask, n)
+            loss = loss + self.rpo_alpha * chosen_nll(chosen, c_mask)
         self.alarm.check(trainer, model, cr, rr)
-        self.metrics.add(model, **{"rewards/chosen": cr, "rewards/rejected": rr, "rewards/margins": cr - rr,
-                                   "rewards/accuracies": (cr > rr).float(), "logps/chosen": logps[:n].detach(),
-                                   "logps/rejected": logps[n:].detach()})
+        self.metrics.add(model, **pair_metrics(cr, rr, **{"logps/chosen": c_logps.detach(),
+                                                          "logps/rejected": r_logps.detach()}))
         return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
@@ -251,26 +284,26 @@ class ReferenceFreeAlgorithm:
     """ORPO, CPO and SimPO: no reference model; ORPO and SimPO use per-token mean log-probs."""
 
     def __init__(self, kind: str, *, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                 simpo_gamma: float = 1.0, cpo_alpha: float = 1.0):
+                 simpo_gamma: float = 1.0, cpo_alpha: float = 1.0, concatenated: bool = True):
         self.kind, self.beta, self.loss_type = kind, beta, loss_type
         self.label_smoothing, self.simpo_gamma, self.cpo_alpha = label_smoothing, simpo_gamma, cpo_alpha
+        self.concatenated = concatenated
         self.metrics = Metrics()
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
-        per_token, mask = token_logps(model, inputs)
-        n = per_token.shape[0] // 2
-        total = (per_token * mask).sum(-1)
-        average = total / mask.sum(-1).clamp(min=1)
-        nll = chosen_nll(per_token, mask, n)
+        (chosen, c_mask), (rejected, r_mask) = pair_token_logps(model, inputs, self.concatenated)
+        total = ((chosen * c_mask).sum(-1), (rejected * r_mask).sum(-1))
+        average = (total[0] / c_mask.sum(-1).clamp(min=1), total[1] / r_mask.sum(-1).clamp(min=1))
+        nll = chosen_nll(chosen, c_mask)
         if self.kind == "orpo":
-            loss, cr, rr = orpo_loss(average[:n], average[n:], nll, beta=self.beta)
+            loss, cr, rr = orpo_loss(*average, nll, beta=self.beta)
         else:
             logps = average if self.loss_type in ("simpo", "ipo") else total
-            loss, cr, rr = cpo_loss(logps[:n], logps[n:], nll, beta=self.beta, loss_type=self.loss_type,
+            loss, cr, rr = cpo_loss(*logps, nll, beta=self.beta, loss_type=self.loss_type,
                                     label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma,
                                     cpo_alpha=self.cpo_alpha)
-        self.metrics.add(model, **{"rewards/chosen": cr, "rewards/rejected": rr, "rewards/margins": cr - rr,
-                                   "rewards/accuracies": (cr > rr).float(), "nll_loss": nll.detach()})
+        self.metrics.add(model, **pair_metrics(cr, rr, nll_loss=nll.detach(), **{
+            "logps/chosen": total[0].detach(), "logps/rejected": total[1].detach()}))
         return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
@@ -309,20 +342,26 @@ class KtoAlgorithm:
 
 
 class RewardModelAlgorithm:
-    """Reward model on chosen/rejected pairs: a sequence-classification head scores each conversation."""
+    """Reward model on chosen/rejected pairs: the value head (models/value_head.py) scores each conversation at
+    its last token; Bradley-Terry loss, with the rows' 'margin' when they have one."""
 
-    def __init__(self, *, center_rewards_coefficient: float | None = None, alarm_steps: int = 5):
+    def __init__(self, *, center_rewards_coefficient: float | None = None, alarm_steps: int = 5,
+                 concatenated: bool = True):
         self.center_rewards_coefficient = center_rewards_coefficient
+        self.concatenated = concatenated
         self.metrics = Metrics()
         self.alarm = FlatMarginAlarm(alarm_steps)
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
-        rewards = model(**model_inputs(inputs), use_cache=False).logits.squeeze(-1).float()
-        chosen, rejected = rewards.chunk(2)
-        loss = reward_model_loss(chosen, rejected, center_rewards_coefficient=self.center_rewards_coefficient)
+        if self.concatenated:
+            chosen, rejected = sequence_scores(model, model_inputs(inputs)).chunk(2)
+        else:
+            chosen = sequence_scores(model, model_inputs(inputs))
+            rejected = sequence_scores(model, model_inputs(inputs, "rejected_"))
+        loss = reward_model_loss(chosen, rejected, margin=inputs.get("margin"),
+                                 center_rewards_coefficient=self.center_rewards_coefficient)
         self.alarm.check(trainer, model, chosen.detach(), rejected.detach())
-        self.metrics.add(model, accuracy=(chosen > rejected).float(), margin=(chosen - rejected).detach(),
-                         mean_reward=rewards.detach())
+        self.metrics.add(model, **pair_metrics(chosen.detach(), rejected.detach()))
         return per_step_loss(trainer, model, loss, return_outputs)
 
     def pop_metrics(self, logs: dict) -> dict:
@@ -339,11 +378,12 @@ def precompute_reference(items: list, collate, model, *, batch_size: int = 8) ->
         for i in range(0, len(items), batch_size):
             chunk = items[i: i + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk).items()}
-            logps = sequence_logps(model, batch).tolist()
             if isinstance(chunk[0], EncodedPair):
-                for item, c, r in zip(chunk, logps[: len(chunk)], logps[len(chunk):]):
+                chosen, rejected = pair_sequence_logps(model, batch, "rejected_input_ids" not in batch)
+                for item, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
                     item.ref_chosen_logps, item.ref_rejected_logps = c, r
             else:
+                logps = sequence_logps(model, batch).tolist()
                 for item, lp, kl in zip(chunk, logps, sequence_logps(model, batch, prefix="kl_").tolist()):
                     item.ref_logps, item.ref_kl_logps = lp, kl
     finally:

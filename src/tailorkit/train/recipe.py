@@ -20,6 +20,10 @@ from accelerate import PartialState
 from ..config.train import SftConfig
 from ..data.dataset import EncodeReport, StreamingEncoded
 from ..data.validate import preflight_stream
+from ..distributed.engines import check_distributed, explain_collective_error, shards_weights
+from ..distributed.fsdp import fsdp_by_hand, shard_on_cpu
+from ..distributed.launch import init_processes, start_line
+from ..distributed.media import keep_collectives_in_step
 from ..errors import ConfigError, TrainingStopped
 from ..models.load import ModelBundle
 from ..run_files import CONFIG_FILE, FINAL_DIR, LOG_FILE
@@ -31,6 +35,7 @@ from .callbacks import JsonlLogCallback, plot_loss
 from .checkpoint import last_checkpoint
 from .guards import Guards, make_guards, resume_point
 from .kinds import KINDS, Kind
+from .precision import prepare_precision
 from .summary import RunSummary, summarize
 from .trainer import Trainer, training_arguments
 
@@ -79,8 +84,10 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     spec = KINDS[kind]
     out = Path(cfg.train.output_dir)
     check_output_dir(out, cfg)
-    PartialState().wait_for_everyone()  # under torchrun: every rank checks before rank 0 writes into output_dir
+    world = init_processes(cfg.dist).num_processes
+    PartialState().wait_for_everyone()  # every rank checks before rank 0 writes into output_dir
     resume = resume_point(cfg, out)
+    check_distributed(cfg, kind, world, resume)
     check_batching(cfg)
     train_items, val_items = read_rows(cfg, spec)  # cheap checks on every row, before any weights load
     gen_eval = generation_eval(cfg)  # --eval_dataset: read and checked before weights too
@@ -88,13 +95,14 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     set_seed(cfg.train.seed)
     bundle = spec.load_model(cfg)
     reference = spec.reference(cfg, bundle)  # before the tuner: a frozen copy is of the untouched model
-    model, plan = apply_tuner(bundle, spec.tuner(cfg))
+    model, plan = apply_tuner(bundle, spec.tuner(cfg, bundle))
+    prepare_precision(cfg, model)  # fp32 master copies of trained weights under bf16/fp16
     trainable, total = count_parameters(model)
     print(f"[tailorkit] {kind} on {bundle.family.name}: {trainable:,} of {total:,} parameters trainable "
           f"({100 * trainable / max(total, 1):.2f}%), train_type={cfg.tuner.train_type}")
 
     train_set, val_set, report = encode_rows(cfg, spec, bundle.processor, train_items, val_items)
-    collator = spec.collator(bundle.tokenizer.pad_token_id)
+    collator = spec.collator(bundle.tokenizer.pad_token_id, cfg)
     reference.precompute([train_set, val_set], collator, model)  # before the fingerprint: it covers them
     algorithm = spec.algorithm(cfg, bundle, plan, reference)
 
@@ -105,14 +113,19 @@ def prepare(cfg: SftConfig, kind: str, callbacks: list | None = None) -> Run:
     guards = make_guards(cfg, out, resume, train_set, write_config)  # fingerprints the encoded samples
     if cfg.data.packing or cfg.data.padding_free:
         train_set, collator, _ = train_batches(cfg, bundle.model, train_set, bundle.tokenizer.pad_token_id)
+    keep_collectives_in_step(model, bundle.family, world, sharded=shards_weights(cfg.dist))  # text-only batches
+    # still run the vision tower
+    if fsdp_by_hand(cfg.dist, world):
+        model = shard_on_cpu(model, cfg.dist)
     args = training_arguments(cfg, bool(val_set), ignore_data_skip=guards.hooks.restore_rng_at_first_batch)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                       data_collator=collator,
                       processing_class=bundle.processor, algorithm=algorithm, plan=plan, hooks=guards.hooks,
+                      sequence_parallel=cfg.dist.sequence_parallel_size,
                       callbacks=[guards.progress, JsonlLogCallback(), *(callbacks or []), *guards.callbacks,
                                  *gen_eval])
     _drop_printing_callbacks(trainer)
-    print(f"[tailorkit] world size {trainer.args.world_size}")
+    print(start_line(trainer.args, cfg.dist))
     return Run(cfg=cfg, kind=spec, output_dir=out, bundle=bundle, model=model, plan=plan, train_set=train_set,
                val_set=val_set, report=report, algorithm=algorithm, guards=guards, trainer=trainer,
                trainable_params=trainable, total_params=total)
@@ -238,6 +251,9 @@ def _train(run: Run) -> tuple[Path | None, RunSummary]:
     except Exception as e:
         guards.stopper.restore()
         _summarize(run, f"failed: {type(e).__name__}", None)
+        hint = explain_collective_error(e)
+        if hint is not None:
+            raise ConfigError(f"{e}\n{hint}") from e
         raise
     state = trainer.state
     stopped = None

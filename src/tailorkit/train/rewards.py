@@ -1,4 +1,5 @@
-"""GRPO reward functions: built-ins under ms-swift's names and user functions from Python files.
+"""Rewards of the online algorithms (grpo, ppo): built-in functions under ms-swift's names, user functions from
+Python files, and reward models (value-head checkpoints of `rlhf --rlhf_type rm`).
 
 A reward function has the signature::
 
@@ -7,22 +8,30 @@ A reward function has the signature::
 ``completions`` are the decoded replies of one training step (each prompt repeated
 ``--num_generations`` times, in order); ``columns`` holds every other column of the dataset rows
 (``solution``, ...), one value per completion, plus ``completion_ids`` (the generated token ids, end of
-sequence included) and ``completion_lengths`` (their counts).
+sequence included), ``completion_lengths`` (their counts) and ``messages`` (the conversation: prompt
+and model turns).
 ``None`` means "does not apply to this sample" and counts as 0 after weighting.
 A file passed with ``--external_plugins my_rewards.py`` makes each of its public functions usable by
-name in ``--reward_funcs``.
+name in ``--reward_funcs`` (and, for multi-turn rollouts, in ``--multi_turn_scheduler``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from ..data.collate import Collator
+from ..data.encode import encode
+from ..data.formats import Conversation
 from ..errors import ConfigError
+from ..models.value_head import load_reward_model, sequence_scores
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -83,15 +92,41 @@ def load_plugins(paths: list[str]) -> dict[str, Callable]:
     return found
 
 
+class RewardModelScorer:
+    """A reward model scoring whole conversations (prompt + reply), each encoded with the reward model's own
+    processor and chat template (it may differ from the policy's); images are kept."""
+
+    def __init__(self, path: str, *, torch_dtype: str = "float32", batch_size: int = 8):
+        self.path = path
+        self.bundle = load_reward_model(path, torch_dtype=torch_dtype)
+        self.collate = Collator(self.bundle.tokenizer.pad_token_id)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, conversations: list[Conversation], device) -> list[float]:
+        model = self.bundle.model
+        if next(model.parameters()).device != torch.device(device):
+            model.to(device)
+        scores = []
+        for i in range(0, len(conversations), self.batch_size):
+            encoded = [encode(c, self.bundle.processor) for c in conversations[i: i + self.batch_size]]
+            batch = {k: v.to(device) for k, v in self.collate(encoded).items() if k != "labels"}
+            scores += sequence_scores(model, batch).tolist()
+        return scores
+
+
 @dataclass
 class RewardSet:
-    """Named reward functions with weights; ``score`` gives per-function and weighted total rewards."""
+    """Named reward functions and reward models with weights; ``score`` gives per-source and weighted totals."""
 
     names: list[str]
     funcs: list[Callable]
     weights: list[float]
+    models: list[RewardModelScorer] = field(default_factory=list)  # weighted after the functions, in order
 
-    def score(self, completions: list[str], columns: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
+    def score(self, completions: list[str], columns: dict[str, list], conversations: list[Conversation] | None = None,
+              device="cpu") -> tuple[list[float], dict[str, list[float]]]:
+        """(weighted total per completion, {source name: values}); reward models need ``conversations``."""
         per_func = {}
         for name, fn in zip(self.names, self.funcs):
             values = fn(completions, **columns)
@@ -99,16 +134,26 @@ class RewardSet:
                 raise ConfigError(f"reward function {name} returned {len(values)} values for {len(completions)} "
                                   "completions")
             per_func[name] = [0.0 if v is None else float(v) for v in values]
-        total = [sum(w * per_func[n][i] for n, w in zip(self.names, self.weights)) for i in range(len(completions))]
+        for k, scorer in enumerate(self.models):
+            per_func[f"reward_model{k if len(self.models) > 1 else ''}"] = scorer(conversations, device)
+        names = list(per_func)
+        total = [sum(w * per_func[n][i] for n, w in zip(names, self.weights)) for i in range(len(completions))]
         return total, per_func
 
 
+def conversations_of(rollout) -> list[Conversation]:
+    """Each completion's whole conversation (prompt + model turns) as a Conversation, media kept."""
+    return [dataclasses.replace(s.sample.conv, messages=m)
+            for s, m in zip(rollout.samples, rollout.conversation_messages())]
+
+
 def build_rewards(names: list[str], weights: list[str], plugins: list[str], *, format_pattern: str,
-                  max_completion_length: int, soft_cache_length: int | None) -> RewardSet:
-    """Resolve ``--reward_funcs`` against the built-ins, then the plugin files' functions."""
-    if not names:
-        raise ConfigError("grpo needs at least one --reward_funcs (accuracy, format, soft_overlong or a function "
-                          "from --external_plugins)")
+                  max_completion_length: int, soft_cache_length: int | None, reward_models: list[str] = (),
+                  torch_dtype: str = "float32") -> RewardSet:
+    """Resolve ``--reward_funcs`` against the built-ins, then the plugin files' functions; load ``--reward_model``."""
+    if not names and not reward_models:
+        raise ConfigError("grpo and ppo need at least one --reward_funcs (accuracy, format, soft_overlong or a "
+                          "function from --external_plugins) or a --reward_model")
     builtins = {"accuracy": accuracy, "format": make_format(format_pattern),
                 "soft_overlong": make_soft_overlong(max_completion_length,
                                                     soft_cache_length or max(1, max_completion_length // 4))}
@@ -122,7 +167,17 @@ def build_rewards(names: list[str], weights: list[str], plugins: list[str], *, f
                               "from --external_plugins files)")
         funcs.append(fn)
     try:
-        ws = [float(w) for w in weights] if weights else [1.0] * len(names)
+        ws = [float(w) for w in weights] if weights else [1.0] * (len(names) + len(reward_models))
     except ValueError:
         raise ConfigError(f"reward_weights must be numbers, got {weights}") from None
-    return RewardSet(list(names), funcs, ws)
+    models = [RewardModelScorer(path, torch_dtype=torch_dtype) for path in reward_models]
+    return RewardSet(list(names), funcs, ws, models)
+
+
+def load_scheduler(name: str, plugins: list[str]) -> Callable:
+    """``--multi_turn_scheduler``: a function of the --external_plugins files, by name."""
+    user = load_plugins(plugins)
+    if name not in user:
+        raise ConfigError(f"multi_turn_scheduler {name!r} is not a function of --external_plugins "
+                          f"({', '.join(plugins) or 'none given'}); known: {', '.join(sorted(user)) or 'none'}")
+    return user[name]

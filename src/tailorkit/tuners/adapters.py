@@ -15,6 +15,24 @@ from .modality import shipped_adapter_dirs
 from .plan import Plan, resolve_plan, warn
 
 
+def _no_boft_cuda_build_without_a_gpu() -> None:
+    """Keep peft from JIT-compiling BOFT's CUDA kernel (fbd_cuda) on a machine with no GPU to run it.
+
+    peft tries the build whenever a BOFT layer is created, whatever the device: on a CPU machine with a CUDA
+    toolchain it compiles for minutes into ~/.cache/torch_extensions, and a build killed midway leaves a lock
+    there that makes every later BOFT run wait forever. Marking the kernel unavailable (peft's own module
+    global, which its failed build also sets) makes peft use its pure-PyTorch path, as it would after a
+    failed build.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        import peft.tuners.boft.layer as boft_layer
+
+        if boft_layer._FBD_CUDA is None:
+            boft_layer._FBD_CUDA = False
+
+
 def _init_weights(value: str):
     low = value.lower()
     return {"true": True, "false": False}.get(low, low)
@@ -39,6 +57,7 @@ def peft_config(plan: Plan, targets: str):
     if kind == "vera":
         return peft.VeraConfig(r=a.lora_rank, vera_dropout=a.lora_dropout, **common)
     if kind == "boft":
+        _no_boft_cuda_build_without_a_gpu()
         return peft.BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=1, boft_dropout=a.lora_dropout, **common)
     if kind == "loha":
         return peft.LoHaConfig(r=a.lora_rank, alpha=a.lora_alpha, rank_dropout=a.lora_dropout, **common)

@@ -23,7 +23,8 @@ class TrainabilityError(TailorkitError, RuntimeError):
 def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
     """Component x mode table with trainable/total counts and the learning rates of their groups."""
     # The scheduler already applied its first factor (0 under warm-up); the manifest shows the peak lr.
-    lr_of = {id(p): g.get("initial_lr", g["lr"]) for g in optimizer.param_groups for p in g["params"]}
+    groups = optimizer_groups(optimizer)
+    lr_of = {id(p): g.get("initial_lr", g["lr"]) for g, params in groups for p in params}
     rows = {c: {"component": c, "mode": plan.modes[c], "trainable": 0, "total": 0, "lr": set()} for c in COMPONENTS}
     for name, p in model.named_parameters():
         row = rows[plan.family.component_of(name)]
@@ -34,15 +35,27 @@ def build_manifest(model: torch.nn.Module, plan: Plan, optimizer) -> dict:
         if in_optimizer:
             row["lr"].add(lr_of[id(p)])
     table = [_with_overrides({**r, "lr": sorted(r["lr"])}) for r in rows.values() if r["total"]]
-    groups = [{"name": g.get(GROUP_NAME, f"group{i}"), "lr": g.get("initial_lr", g["lr"]),
-               "weight_decay": g.get("weight_decay", 0.0),
-               "parameters": sum(p.numel() for p in g["params"])} for i, g in enumerate(optimizer.param_groups)]
+    group_rows = [{"name": g.get(GROUP_NAME, f"group{i}"), "lr": g.get("initial_lr", g["lr"]),
+                   "weight_decay": g.get("weight_decay", 0.0),
+                   "parameters": sum(numel(p) for p in params)} for i, (g, params) in enumerate(groups)]
     trainable = sum(r["trainable"] for r in table)
     total = sum(r["total"] for r in table)
     return {"train_type": plan.train_type, "adapter": plan.adapter, "components": table,
-            "optimizer": _class_path(getattr(optimizer, "optimizer", optimizer)), "param_groups": groups,
+            "optimizer": _class_path(getattr(optimizer, "optimizer", optimizer)), "param_groups": group_rows,
             "trainable": trainable, "total": total, "full_modules_saved_with_adapter": plan.full_modules,
             "unused_arguments": {k: v for k, v in plan.unused.items()}, "notes": plan.notes}
+
+
+def optimizer_groups(optimizer) -> list[tuple[dict, list]]:
+    """(group settings, the model parameters it trains) per optimizer group. DeepSpeed's ZeRO optimizers
+    replace each group's params with flat partitions and keep the model's parameters per group aside."""
+    inner = optimizer
+    while inner is not None:  # accelerate's and DeepSpeed's wrappers each hold the next as .optimizer
+        members = getattr(inner, "bit16_groups", None) or getattr(inner, "fp16_groups", None)
+        if members is not None and len(members) == len(optimizer.param_groups):
+            return list(zip(optimizer.param_groups, members))
+        inner = getattr(inner, "optimizer", None)
+    return [(g, g["params"]) for g in optimizer.param_groups]
 
 
 def _with_overrides(row: dict) -> dict:
@@ -60,6 +73,15 @@ def numel(p: torch.Tensor) -> int:
     if state is not None:
         return int(torch.Size(state.shape).numel())
     return int(getattr(p, "ds_numel", p.numel()))  # DeepSpeed ZeRO-3 keeps only a shard here
+
+
+def local_shard(t: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of a parameter or gradient: an FSDP2 DTensor's local shard, a ZeRO-3 partition
+    (``ds_tensor``; the parameter itself is empty between uses), or the tensor itself."""
+    if hasattr(t, "to_local"):
+        return t.to_local()
+    shard = getattr(t, "ds_tensor", None)
+    return shard if shard is not None else t
 
 
 def _class_path(obj) -> str:
@@ -111,11 +133,10 @@ class TrainabilityCallback(TrainerCallback):
             print("[tailorkit] trainability plan\n" + format_manifest(self.manifest))
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             Path(args.output_dir, MANIFEST_FILE).write_text(json.dumps(self.manifest, indent=2))
-        # ZeRO-3 partitions parameters away from this view (numel 0): those cannot be compared here.
-        self.before = {n: fingerprint(p) for n, p in model.named_parameters() if p.numel() > 0}
-        skipped = sum(1 for _, p in model.named_parameters() if p.numel() == 0)
-        if skipped:
-            print(f"[tailorkit] trainability check skips {skipped} parameters partitioned by DeepSpeed ZeRO-3")
+        # Sharded parameters (ZeRO-3, FSDP2) are compared by this rank's shard; a rank whose shard of a
+        # parameter is empty leaves that parameter to the others.
+        self.before = {n: fingerprint(local_shard(p)) for n, p in model.named_parameters()
+                       if local_shard(p).numel() > 0}
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.steps += 1
@@ -125,12 +146,12 @@ class TrainabilityCallback(TrainerCallback):
             self._recheck(model)
 
     def _first_check(self, model, optimizer) -> None:
-        lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        lr_of = {id(p): g["lr"] for g, params in optimizer_groups(optimizer) for p in params}
         moved_frozen, stuck = [], []
         for name, p in model.named_parameters():
             if name not in self.before:
                 continue
-            changed = not torch.equal(fingerprint(p), self.before[name])
+            changed = not torch.equal(fingerprint(local_shard(p)), self.before[name])
             if not p.requires_grad:
                 if changed:
                     moved_frozen.append(name)
@@ -140,7 +161,7 @@ class TrainabilityCallback(TrainerCallback):
                 elif p.grad is None:
                     # A batch may not reach it (text-only rows and a trained vision tower): wait for one that does.
                     self.pending[name] = "no gradient yet"
-                elif lr_of[id(p)] == 0 or not p.grad.any():
+                elif lr_of[id(p)] == 0 or not local_shard(p.grad).any():
                     self.pending[name] = "zero learning rate" if lr_of[id(p)] == 0 else "all-zero gradient"
                 else:
                     stuck.append(name)
@@ -150,7 +171,7 @@ class TrainabilityCallback(TrainerCallback):
     def _recheck(self, model) -> None:
         params = dict(model.named_parameters())
         for name in list(self.pending):
-            if not torch.equal(fingerprint(params[name]), self.before[name]):
+            if not torch.equal(fingerprint(local_shard(params[name])), self.before[name]):
                 del self.pending[name]
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -114,8 +114,21 @@ class InitialAdapterCallback(TrainerCallback):
             model.save_pretrained(str(folder))
 
 
-def save_plan_extras(model: torch.nn.Module, plan: Plan, output_dir: str | Path) -> None:
+def extra_parameters(model: torch.nn.Module, plan: Plan) -> list[torch.nn.Parameter]:
+    """The parameters ``save_plan_extras`` reads from the model (fully trained modules next to an adapter, shipped
+    adapters): what a sharded engine must gather before it runs."""
+    from peft import PeftModel
+
+    if (isinstance(model, PeftModel) and plan.full_modules) or plan.train_type == "dummy":
+        return [p for p in model.parameters() if p.requires_grad]
+    return []
+
+
+def save_plan_extras(model: torch.nn.Module, plan: Plan, output_dir: str | Path,
+                     state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Make a checkpoint hold everything the plan trained, in files plain peft loads.
+
+    ``state_dict``: the model's weights gathered whole (FSDP2), read instead of its sharded parameters.
 
     Next to a new adapter, fully trained modules are written into ``adapter_model.safetensors`` under
     their own names and listed in ``modules_to_save``: ``PeftModel.from_pretrained`` restores them,
@@ -130,9 +143,9 @@ def save_plan_extras(model: torch.nn.Module, plan: Plan, output_dir: str | Path)
         initial = _initial_adapter_dir(out)
         model.save_pretrained(str(out), path_initial_model_for_weight_conversion=str(initial))
     if isinstance(model, PeftModel) and plan.full_modules:
-        _add_full_modules(model, plan, out)
+        _add_full_modules(model, plan, out, state_dict)
     elif plan.train_type == "dummy":
-        _save_shipped_adapters(model, out)
+        _save_shipped_adapters(model, out, state_dict)
 
 
 def _initial_adapter_dir(out: Path) -> Path:
@@ -143,7 +156,7 @@ def _initial_adapter_dir(out: Path) -> Path:
                       "it is needed to convert a PiSSA/OLoRA adapter to plain LoRA")
 
 
-def _add_full_modules(model, plan: Plan, out: Path) -> None:
+def _add_full_modules(model, plan: Plan, out: Path, state_dict: dict | None) -> None:
     from safetensors.torch import load_file, save_file
 
     weights = out / "adapter_model.safetensors"
@@ -155,14 +168,14 @@ def _add_full_modules(model, plan: Plan, out: Path) -> None:
     owners = set(plan.full_modules)
     for name, p in model.named_parameters():
         if name.startswith("base_model.model.") and name[len("base_model.model."):].rsplit(".", 1)[0] in owners:
-            tensors[name] = p.detach().to("cpu").contiguous()
+            tensors[name] = (state_dict[name] if state_dict is not None else p.detach()).to("cpu").contiguous()
     save_file(tensors, weights, metadata={"format": "pt"})
     config = json.loads(config_file.read_text())
     config["modules_to_save"] = sorted(set(config.get("modules_to_save") or []) | owners)
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def _save_shipped_adapters(model, out: Path) -> None:
+def _save_shipped_adapters(model, out: Path, state_dict: dict | None) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -170,6 +183,6 @@ def _save_shipped_adapters(model, out: Path) -> None:
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(folder))
-        state = get_peft_model_state_dict(model, adapter_name=name)
+        state = get_peft_model_state_dict(model, state_dict=state_dict, adapter_name=name)
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
                   folder / "adapter_model.safetensors", metadata={"format": "pt"})

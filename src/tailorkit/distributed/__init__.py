@@ -1,0 +1,1 @@
+"""Multi-process training: launching under torchrun, DeepSpeed presets, FSDP2, sequence parallel, media collectives."""
