@@ -16,17 +16,19 @@ ROWS = [
     {"step": 1, "epoch": 0.1, "loss": 2.0, "grad_norm": 3.0, "learning_rate": 1e-4, "rewards/margins": 0.5,
      "rewards/chosen": 0.2},
     {"step": 2, "loss": 1.5, "learning_rate": 9e-5, "reward": 0.7, "kl": 0.01},
+    {"step": 3, "loss": 1.2, "teacher_kl": 0.4, "non_score_reward": -0.02, "pg_loss": 0.1},
     {"step": 2, "eval_loss": 1.7, "eval_runtime": 3.2, "eval_qa/exact_match": 0.25, "eval_rewards/margins": 0.3},
 ]
 
 
 def test_each_chart_gets_its_values_as_lines():
     charts = chart_points(ROWS)
-    assert charts["loss"] == [(1, 2.0, "loss"), (2, 1.5, "loss"), (2, 1.7, "eval_loss")]
+    assert charts["loss"] == [(1, 2.0, "loss"), (2, 1.5, "loss"), (3, 1.2, "loss"), (2, 1.7, "eval_loss")]
     assert charts["learning rate"] == [(1, 1e-4, "learning_rate"), (2, 9e-5, "learning_rate")]
     assert charts["grad norm"] == [(1, 3.0, "grad_norm")]
     assert charts["eval metrics"] == [(2, 0.25, "eval_qa/exact_match"), (2, 0.3, "eval_rewards/margins")]
-    assert {s for _, _, s in charts["rewards / margins"]} == {"rewards/margins", "rewards/chosen", "reward", "kl"}
+    assert {s for _, _, s in charts["rewards / margins"]} == {"rewards/margins", "rewards/chosen", "reward", "kl",
+                                                                "teacher_kl", "non_score_reward"}
     assert chart_frame([]) is None
     assert list(chart_frame(charts["loss"]).columns) == ["step", "value", "series"]
 

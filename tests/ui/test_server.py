@@ -101,3 +101,16 @@ def test_the_page_has_one_widget_per_field_of_each_form(guarded_page):
     missing = [name for name in concern_fields(InferConfig) if name not in EXCLUDE and f"chat-{name}" not in ids]
     assert not missing
     assert page.share is False
+
+
+def test_the_rlhf_form_shows_the_sections_of_the_chosen_algorithm(guarded_page):
+    from tailorkit.config.rlhf import RLHF_TYPES
+    from tailorkit.ui.page import algorithm_sections
+
+    _, page = guarded_page
+    visible = {block.label.removeprefix("advanced: "): block.visible for block in page.blocks.values()
+               if type(block).__name__ == "Accordion" and str(block.label).startswith("advanced: ")
+               and block.label.removeprefix("advanced: ") in ("preference", "grpo", "ppo", "gkd")}
+    assert visible == {"preference": True, "grpo": False, "ppo": False, "gkd": False}  # dpo, the default
+    assert algorithm_sections("ppo") == {"grpo", "ppo"} and algorithm_sections("gkd") == {"grpo", "gkd"}
+    assert all(algorithm_sections(kind) for kind in RLHF_TYPES), "every algorithm has its section"

@@ -99,6 +99,8 @@ def from_widget(ff: FormField, value, source: str = "form"):
     if not text.strip():
         return _copy(ff.default)
     if ff.kind == "json":
+        if not text.lstrip().startswith(("{", "[")):  # a JSON file's path (fsdp_config): the config reads it, as
+            return text.strip()                       # it does the CLI's
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
@@ -178,7 +180,7 @@ def command_flags(fields: list[FormField], settings: dict) -> list[str]:
         if ff.kind == "list":
             argv += [str(v) for v in value]
         elif ff.kind == "json":
-            argv.append(json.dumps(value))
+            argv.append(value if isinstance(value, str) else json.dumps(value))
         else:
             argv.append(_text(value))
     return argv

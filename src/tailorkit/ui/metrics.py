@@ -20,7 +20,8 @@ def _eval_metric(key: str) -> bool:
 
 
 def _reward(key: str) -> bool:
-    return key.startswith("rewards/") or key in ("reward", "reward_std", "kl")
+    # dpo/kto/rm/grpo/ppo: rewards/*; grpo, ppo: reward, KL to the reference; gkd: KL to the teacher
+    return key.startswith("rewards/") or key in ("reward", "reward_std", "kl", "non_score_reward", "teacher_kl")
 
 
 # chart name -> which logged keys it plots (each key one line)

@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..config.eval import EvalConfig
 from ..config.export import ExportConfig
-from ..config.rlhf import RlhfConfig
+from ..config.rlhf import RLHF_TYPES, ONLINE_TYPES, RlhfConfig
 from ..config.train import SftConfig
 from .chat import ChatModel
 from .chat_tab import chat_panel
@@ -17,6 +17,9 @@ from .runs_tab import RunsTab, refresh, runs_tab
 from .widgets import error_text, escape
 
 TITLE = "tailorkit"
+PREFERENCE_TYPES = tuple(t for t in RLHF_TYPES if t not in (*ONLINE_TYPES, "gkd"))
+# the rlhf form's advanced sections and the algorithms that read them (config/rlhf.py's concerns)
+ALGORITHM_SECTIONS = {"preference": PREFERENCE_TYPES, "grpo": ("grpo", "ppo", "gkd"), "ppo": ("ppo",), "gkd": ("gkd",)}
 HELP = ("Every field is a `tailorkit` argument (its CLI help under it); an empty box means its default. "
         "Start runs the CLI in a process of its own: closing this page or restarting the UI leaves it running.")
 
@@ -67,17 +70,24 @@ def _connect_start(ctx: Context, tab: JobTab, tabs: gr.Tabs, runs: RunsTab) -> N
     tab.start.click(start, verb + tab.form.widgets, [tab.message, tabs, *runs.outputs])
 
 
+def algorithm_sections(kind: str) -> set[str]:
+    """The rlhf form's advanced sections that the algorithm ``kind`` reads."""
+    return {name for name, kinds in ALGORITHM_SECTIONS.items() if kind in kinds}
+
+
 def _toggle_algorithm_sections(tab: JobTab) -> None:
-    """Show the preference or the GRPO section for the chosen algorithm."""
+    """Show the advanced sections the chosen algorithm reads; hide the others."""
     sections = tab.form.sections
     choice = tab.form.widget("rlhf_type")
+    shown = [name for name in ALGORITHM_SECTIONS if name in sections]
 
     def show(kind):
-        return [gr.update(visible=kind != "grpo"), gr.update(visible=kind == "grpo")]
+        return [gr.update(visible=name in algorithm_sections(kind)) for name in shown]
 
-    if "preference" in sections and "grpo" in sections:
-        choice.change(show, choice, [sections["preference"], sections["grpo"]])
-        sections["grpo"].visible = False
+    choice.change(show, choice, [sections[name] for name in shown])
+    default = tab.form.fields[[f.name for f in tab.form.fields].index("rlhf_type")].default
+    for name in shown:
+        sections[name].visible = name in algorithm_sections(default)
 
 
 def build_app(chat: ChatModel, values: dict) -> gr.Blocks:

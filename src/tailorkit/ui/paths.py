@@ -10,28 +10,29 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..config.distributed import DEEPSPEED_PRESETS
 from ..run_files import LAST
 
 # field -> how its value names what it reads
 INPUTS = {
-    "model": "model", "ref_model": "model",
+    "model": "model", "ref_model": "model", "reward_model": "model", "value_model": "model", "teacher_model": "model",
+    "teacher_adapters": "adapters",
     "dataset": "data", "val_dataset": "data",
     "eval_dataset": "eval_data", "compare": "path",
     "adapters": "adapters", "ckpt_dir": "path",
     "external_plugins": "path", "evalscope_python": "path",
-    "deepspeed": "deepspeed", "resume_from_checkpoint": "resume",
+    "deepspeed": "deepspeed", "fsdp_config": "json_file", "resume_from_checkpoint": "resume",
 }
 OUTPUTS = ("output_dir", "eval_output_dir", "doctor_plot", "result_path", "run_root")
 # text settings that name no file (the auth file is read by the page's own server, never from a form)
 NOT_PATHS = ("model_type", "system", "format_pattern", "hub_model_id", "hub_token", "init_weights", "loss_type",
              "lr_scheduler_type", "report_to", "reward_funcs", "reward_weights", "stop", "target_modules",
              "target_regex", "modules_to_save", "freeze_parameters", "trainable_parameters", "host", "auth",
-             "auth_file")
+             "auth_file", "fsdp", "multi_turn_scheduler")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 _DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".gz", ".txt", ".arrow")
 _EVAL_LAYOUTS = ("qa", "mcq", "mme", "textvqa", "vqav2")
-_DEEPSPEED_PRESETS = ("zero2", "zero3")
 
 
 def check_inputs(settings: dict, cwd: Path) -> list[str]:
@@ -39,7 +40,7 @@ def check_inputs(settings: dict, cwd: Path) -> list[str]:
     problems = []
     for name, how in INPUTS.items():
         value = settings.get(name)
-        if value is None:
+        if value is None or isinstance(value, dict):  # a dict: inline JSON, nothing to find
             continue
         for item in value if isinstance(value, list) else [value]:
             problem = _check(how, str(item), cwd)
@@ -63,10 +64,12 @@ def _check(how: str, value: str, cwd: Path) -> str | None:
     if how == "adapters":
         name, sep, path = value.partition("=")
         path = path if sep else value
-        return None if _exists(path, cwd) else _missing(path, cwd, "adapter folder")
+        return None if _exists(path, cwd) else _missing(path, cwd, "folder of adapters")
     if how == "deepspeed":
-        return None if value in _DEEPSPEED_PRESETS or _exists(value, cwd) else _missing(value, cwd, "preset "
-                                                                                        "(zero2, zero3) or JSON file")
+        return None if value in DEEPSPEED_PRESETS or _exists(value, cwd) else _missing(
+            value, cwd, f"preset ({', '.join(DEEPSPEED_PRESETS)}) or JSON file")
+    if how == "json_file":  # a JSON file's path (inline JSON arrives parsed, as a dict, and is not looked for)
+        return None if _exists(value, cwd) else _missing(value, cwd, "JSON file (or inline JSON)")
     if how == "resume":
         return None if value == LAST or _exists(value, cwd) else _missing(value, cwd, "checkpoint folder (or "
                                                                           f"'{LAST}')")
