@@ -23,7 +23,8 @@ from tailorkit.errors import ConfigError
 from tailorkit.train.preference import KtoAlgorithm
 from tailorkit.train.recipe import fit, prepare
 
-FORCED = ["--gradient_checkpointing_kwargs", '{"use_reentrant": true}', "--concatenated_forward", "false"]
+REENTRANT = ["--gradient_checkpointing_kwargs", '{"use_reentrant": true}', "--concatenated_forward", "false"]
+FORCED = REENTRANT + ["--ddp_find_unused_parameters", "true"]  # rules out the static graph that makes it safe
 
 
 def kto_batch():
@@ -54,9 +55,15 @@ def kto_kl(rows: slice) -> float:
     return algo.pop_metrics({"loss": 0.0})["kl"]
 
 
-def dpo(argv: list[str], out: Path, guard: bool = True) -> dict:
-    """One DPO run; what stopped it (if anything) and a checksum of this rank's LoRA weights."""
+def dpo(argv: list[str], out: Path, guard: bool = True, static_graph: bool = True) -> dict:
+    """One DPO run; what stopped it (if anything) and a checksum of this rank's LoRA weights.
+
+    ``static_graph=False`` takes away the static graph tailorkit gives DDP under re-entrant checkpointing: what a
+    plain Trainer run does, where DDP can stay silent while the processes drift apart.
+    """
     run = prepare(parse("rlhf", argv + ["--output_dir", str(out)]), "dpo")
+    if not static_graph:
+        run.trainer.accelerator.ddp_handler.static_graph = False
     if not guard:  # switch the double-accumulation guard off: what DDP alone does
         run.trainer._ready_twice = SimpleNamespace(check=lambda: None)
     try:
@@ -78,8 +85,11 @@ def run_all(model: str, data: str, out: Path) -> None:
               "--logging_steps", "1", "--save_strategy", "no", "--learning_rate", "1e-2"]
     results["aligner_lora_forced"] = dpo(common + ["--max_steps", "1", "--freeze_aligner", "false", *FORCED],
                                          out / "a")
-    results["frozen_aligner_forced_unguarded"] = dpo(common + ["--max_steps", "1", *FORCED], out / "b", guard=False)
     results["frozen_aligner_forced"] = dpo(common + ["--max_steps", "1", *FORCED], out / "c")
+    results["frozen_aligner_plain_ddp_unguarded"] = dpo(common + ["--max_steps", "1", *REENTRANT], out / "b",
+                                                        guard=False, static_graph=False)
+    results["frozen_aligner_plain_ddp"] = dpo(common + ["--max_steps", "1", *REENTRANT], out / "f", static_graph=False)
+    results["static_graph"] = dpo(common + ["--max_steps", "1", "--freeze_aligner", "false", *REENTRANT], out / "s")
     results["defaults"] = dpo(common + ["--max_steps", "2", "--freeze_aligner", "false"], out / "d")
     results["cli_defaults_exit"] = main(["rlhf", *common, "--max_steps", "2", "--output_dir", str(out / "e")])
     with open(out / f"rank{rank}.jsonl", "w") as f:

@@ -4,7 +4,8 @@ The trap (a tutorial's "Expected to mark a variable ready only once"): reentrant
 chosen/rejected in separate forward passes make each checkpointed segment run its own backward, so DDP sees a
 LoRA parameter's gradient twice. With a trained aligner DDP raises; with a frozen one it stays silent and the
 processes' weights drift apart. Our defaults (non-reentrant checkpointing, one forward for both) never hit it;
-forcing the settings stops the run with an error that names both fixes. One torchrun launch runs every
+forcing reentrant checkpointing alone runs DDP on a static graph, which is safe; forcing it together with
+--ddp_find_unused_parameters true stops the run with an error that names the fixes. One torchrun launch runs every
 scenario (tests/train/ddp_child.py).
 """
 
@@ -20,7 +21,7 @@ import pytest
 
 from helpers import free_port
 
-from tailorkit.train.trainer import DDP_READY_TWICE_FIX
+from tailorkit.distributed.engines import READY_TWICE_HINT
 
 HERE = Path(__file__).parent
 
@@ -70,13 +71,22 @@ def test_ddp_trap_is_reproduced_under_forced_settings_and_names_the_fix(ranks):
     for r in results:
         raised = r["aligner_lora_forced"]
         assert "Expected to mark a variable ready only once" in raised["cause"]  # DDP's own error, as in the tutorial
-        assert raised["error"] == DDP_READY_TWICE_FIX
+        assert raised["error"] == READY_TWICE_HINT
         assert "--concatenated_forward true" in raised["error"] and '"use_reentrant": false' in raised["error"]
-        caught = r["frozen_aligner_forced"]  # DDP itself says nothing here; our guard stops the run
-        assert caught["cause"] == "" and caught["error"].startswith(DDP_READY_TWICE_FIX)
-    silent = [r["frozen_aligner_forced_unguarded"] for r in results]
+        assert r["frozen_aligner_forced"]["error"] == READY_TWICE_HINT
+        caught = r["frozen_aligner_plain_ddp"]  # without a static graph DDP says nothing here; our guard stops the run
+        assert caught["cause"] == "" and caught["error"].startswith(READY_TWICE_HINT)
+    silent = [r["frozen_aligner_plain_ddp_unguarded"] for r in results]
     assert all(s["error"] is None for s in silent)
     assert silent[0]["lora_checksum"] != silent[1]["lora_checksum"]  # without the guard the ranks diverge
+
+
+@pytest.mark.slow
+def test_forced_reentrant_checkpointing_alone_runs_on_a_static_graph_in_step(ranks):
+    results, _ = ranks
+    static = [r["static_graph"] for r in results]
+    assert all(s["error"] is None for s in static), static
+    assert static[0]["lora_checksum"] == static[1]["lora_checksum"]  # the double use is reduced on every rank
 
 
 @pytest.mark.slow

@@ -13,13 +13,17 @@ from ..config.train import TrainArgs
 from ..errors import ConfigError
 from .deepspeed import deepspeed_config
 
-# What the tutorials' "Expected to mark a variable ready only once" error means here, and what to change.
+# What the tutorials' "Expected to mark a variable ready only once" error means here, and what to change
+# (raised by DDP itself, or by the trainer's guard where DDP would let the processes drift apart silently).
 READY_TWICE_HINT = (
-    "DDP saw a parameter's gradient twice in one backward pass. With gradient checkpointing this comes from "
-    "re-entrant checkpointing ('use_reentrant': true) combined with --ddp_find_unused_parameters true or with "
-    "modules reused inside a step (a LoRA'd vision tower, tied or shared layers). Fix: keep the default "
-    "--gradient_checkpointing_kwargs '{\"use_reentrant\": false}', or set --ddp_find_unused_parameters false "
-    "(tailorkit then runs DDP with a static graph for re-entrant checkpointing), or use --deepspeed zero2")
+    "DDP saw a parameter's gradient twice in one backward pass ('Expected to mark a variable ready only once'). "
+    "Re-entrant gradient checkpointing ('use_reentrant': true) runs a separate backward per checkpointed forward, "
+    "so a module used twice in a step (chosen and rejected in separate forward passes, a LoRA'd vision tower, tied "
+    "or shared layers) is marked ready twice unless DDP runs with a static graph, which "
+    "--ddp_find_unused_parameters true rules out. Fix: keep the default --gradient_checkpointing_kwargs "
+    "'{\"use_reentrant\": false}', or set --ddp_find_unused_parameters false (tailorkit then runs DDP with a "
+    "static graph for re-entrant checkpointing), or run chosen and rejected in one forward pass "
+    "(--concatenated_forward true, the default), or use --deepspeed zero2")
 
 
 def engine_arguments(dist: DistributedArgs, train: TrainArgs) -> dict:

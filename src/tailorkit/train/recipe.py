@@ -251,7 +251,7 @@ def _train(run: Run) -> tuple[Path | None, RunSummary]:
     except Exception as e:
         guards.stopper.restore()
         _summarize(run, f"failed: {type(e).__name__}", None)
-        hint = explain_collective_error(e)
+        hint = None if isinstance(e, ConfigError) else explain_collective_error(e)  # ours already says what to do
         if hint is not None:
             raise ConfigError(f"{e}\n{hint}") from e
         raise

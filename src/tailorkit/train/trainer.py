@@ -17,12 +17,12 @@ import torch
 import transformers
 
 from ..config.train import SftConfig
-from ..errors import ConfigError
-from ..models.load import resolve_dtype
 from ..distributed.deepspeed import gathered
-from ..distributed.engines import engine_arguments
+from ..distributed.engines import READY_TWICE_HINT, engine_arguments, explain_collective_error
 from ..distributed.fsdp import ShardedModule, full_state_dict, is_sharded
 from ..distributed.ulysses import RepeatedBatches, seeded_order
+from ..errors import ConfigError
+from ..models.load import resolve_dtype
 from ..tuners.modality import adapter_router
 from ..tuners.optim import build_optimizer
 from ..tuners.plan import Plan
@@ -131,13 +131,15 @@ class Trainer(transformers.Trainer):
         if self._pending_rng is not None:
             checkpoint, self._pending_rng = self._pending_rng, None
             super()._load_rng_state(checkpoint)
-        if self._ready_twice is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        if self._ready_twice is None and isinstance(model, torch.nn.parallel.DistributedDataParallel) \
+                and not model.static_graph:  # a static graph reduces a gradient that arrives twice correctly
             self._ready_twice = ReadyTwiceGuard(model.module)
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
         except RuntimeError as e:
-            if DDP_READY_TWICE in str(e):
-                raise ConfigError(DDP_READY_TWICE_FIX) from e
+            hint = explain_collective_error(e)
+            if hint is not None:
+                raise ConfigError(hint) from e
             raise
         if self._ready_twice is not None:
             self._ready_twice.check()
@@ -232,15 +234,6 @@ class Trainer(transformers.Trainer):
             writer.rotate(best=self.state.best_model_checkpoint)
 
 
-DDP_READY_TWICE = "mark a variable ready only once"
-DDP_READY_TWICE_FIX = (
-    "DDP saw a parameter's gradient twice in one backward pass ('Expected to mark a variable ready only once'). "
-    "Reentrant gradient checkpointing runs a separate backward per checkpointed forward, so two forward passes "
-    "over the same parameters before one backward (chosen and rejected run separately) mark them ready twice. "
-    "Fix: use non-reentrant checkpointing (--gradient_checkpointing_kwargs '{\"use_reentrant\": false}', the "
-    "default) or run chosen and rejected in one forward pass (--concatenated_forward true, the default)")
-
-
 class ReadyTwiceGuard:
     """Under DDP, counts each trainable parameter's gradient accumulations per backward pass.
 
@@ -264,7 +257,7 @@ class ReadyTwiceGuard:
         twice = sorted(n for n, c in self.counts.items() if c > 1)
         self.counts.clear()
         if twice:
-            raise ConfigError(f"{DDP_READY_TWICE_FIX} [{len(twice)} parameters, e.g. {twice[0]}]")
+            raise ConfigError(f"{READY_TWICE_HINT} [{len(twice)} parameters, e.g. {twice[0]}]")
 
 
 class RepeatSteps(torch.utils.data.Sampler):
