@@ -73,6 +73,18 @@ def _tiny_config():
     return TinyConfig
 
 
+def _web_ui_config():
+    from .config.ui import WebUiConfig
+
+    return WebUiConfig
+
+
+def _app_config():
+    from .config.ui import AppConfig
+
+    return AppConfig
+
+
 def _sft(cfg):
     with skip_unused_imports(cfg):
         from .train.sft import sft
@@ -121,6 +133,18 @@ def _export(cfg):
     return export(cfg)
 
 
+def _web_ui(cfg):
+    from .ui.server import web_ui
+
+    return web_ui(cfg)
+
+
+def _app(cfg):
+    from .ui.server import app
+
+    return app(cfg)
+
+
 def _tiny(cfg):
     from .models.tiny_cli import tiny
     return tiny(cfg)
@@ -145,6 +169,10 @@ def _verbs() -> dict[str, Verb]:
                        _deploy_config, _deploy),
         "export": Verb("merge adapters into the base and/or quantize (gptq, awq, bnb, fp8); the export is reloaded "
                        "and verified against the model in memory before it counts", _export_config, _export),
+        "web-ui": Verb("a browser page to train (sft, pt, rlhf), watch runs live, stop and resume them, chat, evaluate "
+                       "and export; 127.0.0.1 unless --host (then --auth is required)", _web_ui_config, _web_ui),
+        "app": Verb("a chat page over one model and its checkpoint or adapters (images, streaming), for demos",
+                    _app_config, _app),
         "tiny": Verb("write a tiny random model of a family (for tests and experiments)", _tiny_config, _tiny),
     }
 

@@ -47,8 +47,21 @@ class DoctorReport:
 
 def doctor(cfg: DoctorConfig) -> DoctorReport:
     """Check everything `sft` would use; prints the report and raises DataError when training would fail."""
-    from .models.load import chat_template_for, load_processor, model_config, resolve_dtype, resolve_family
+    report = check(cfg)
+    print(report.text)
+    if not report.ok:
+        data = report.data
+        raise DataError(f"doctor found {len(data.errors)} broken rows and "
+                        f"{data.outcome.get('stop training (truncation_strategy raise)', 0)} rows over max_length "
+                        "that would stop training; see the report above")
+    return report
+
+
+def check(cfg: DoctorConfig) -> DoctorReport:
+    """The doctor's report (``ok`` says whether training would go through), printed by ``doctor``; the web UI
+    shows it in the page."""
     from .data.tools import apply_agent_template
+    from .models.load import chat_template_for, load_processor, model_config, resolve_dtype, resolve_family
     from .models.media_budget import apply_media_budget
     from .plugins import load_plugins
 
@@ -71,13 +84,7 @@ def doctor(cfg: DoctorConfig) -> DoctorReport:
                                                                            "lengths.png"),
                               max_length=cfg.data.max_length)
     text = _render(cfg, family.name, budget, data, memory, plot, seq_len)
-    print(text)
-    report = DoctorReport(data=data, memory=memory, plot=plot, text=text)
-    if not report.ok:
-        raise DataError(f"doctor found {len(data.errors)} broken rows and "
-                        f"{data.outcome.get('stop training (truncation_strategy raise)', 0)} rows over max_length "
-                        "that would stop training; see the report above")
-    return report
+    return DoctorReport(data=data, memory=memory, plot=plot, text=text)
 
 
 def _render(cfg: DoctorConfig, family: str, budget: dict, data: DataCheck, memory: MemoryEstimate,

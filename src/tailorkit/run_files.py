@@ -14,3 +14,9 @@ RESUME_FILE = "resume.json"  # per checkpoint: data fingerprint or stream positi
 SUMMARY_FILE = "run_summary.json"
 MANIFEST_FILE = "trainable.json"  # the trainability plan: component x mode, parameters, learning rates
 INITIAL_ADAPTER = "initial_adapter"  # a PiSSA/OLoRA adapter as initialised (for the final conversion)
+
+# A run started from the web UI (`tailorkit web-ui`) also has, in its folder:
+UI_JOB_FILE = "ui_run.json"  # how it was started: verb, settings file, working folder, process id, stop requests
+UI_ARGS_FILE = "ui_args.yaml"  # the form's settings, the file the CLI was started with
+UI_LOG_FILE = "ui_run.log"  # everything the process printed
+UI_EXIT_FILE = "ui_exit.json"  # its exit status, written as it ends
