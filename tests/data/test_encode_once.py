@@ -175,5 +175,10 @@ def test_lengths_from_headers_equal_the_processor(name, family_dirs, media_dir):
         indexed = index(conv, processor)
         text = render_conversation(processor, conv, conv.messages, False)
         real = run_processor(processor, text, *(_decoded(conv, processor)[k] for k in ("image", "video", "audio")))
-        assert indexed.input_ids == real["input_ids"][0].tolist(), f"{name} {kind} {src}"
+        want = real["input_ids"][0].tolist()
+        if getattr(processor, "ids_from_media", False):  # Monkey: the span's ids are the image's path, its length is not
+            assert len(indexed.input_ids) == len(want), f"{name} {kind} {src}"
+            assert materialize(indexed, processor).input_ids == want, f"{name} {kind} {src}"
+        else:
+            assert indexed.input_ids == want, f"{name} {kind} {src}"
         assert len(materialize(indexed, processor)) == real["input_ids"].shape[1]

@@ -238,9 +238,13 @@ def materialize(enc: Encoded, processor) -> Encoded:
     out = run_processor(processor, p.text, media["image"], media["video"], media["audio"])
     ids = out["input_ids"][0].tolist()
     lo, hi = p.keep or (0, len(ids))
-    check_expansion(ids[lo:hi], enc.input_ids, conv)
+    input_ids = enc.input_ids
+    if getattr(processor, "ids_from_media", False) and len(ids[lo:hi]) == len(input_ids) and all(
+            a == b or label == IGNORE for a, b, label in zip(ids[lo:hi], input_ids, enc.labels)):
+        input_ids = ids[lo:hi]  # unsupervised tokens named by the media themselves (Monkey's image paths)
+    check_expansion(ids[lo:hi], input_ids, conv)
     full = _to_encoded(out, labels=None)
-    return Encoded(input_ids=enc.input_ids, labels=enc.labels, media=full.media,
+    return Encoded(input_ids=input_ids, labels=enc.labels, media=full.media,
                    token_fields={k: v[lo:hi] for k, v in full.token_fields.items()})
 
 

@@ -199,7 +199,10 @@ def _token_bounds(text: str, tok) -> list[int]:
     ids = tok(text, add_special_tokens=False)["input_ids"]
     bounds, pos = [0], 0
     for k in range(1, len(ids) + 1):
-        pos = len(tok.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        try:
+            pos = len(tok.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        except ValueError:  # a prefix some tokenizers refuse to decode (Qwen-VL's: inside <img>...</img>)
+            continue
         bounds.append(pos)
     return sorted(set(bounds))
 

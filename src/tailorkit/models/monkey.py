@@ -76,6 +76,10 @@ class ImageFiles:
 class MonkeyProcessor:
     """The processor Monkey does not ship, over its own tokenizer: images become the file paths its tags carry."""
 
+    # An image's tokens are the bytes of its path, named by its pixels: the encoder indexes the span's length from
+    # the image header and takes the ids from this processor when the batch decodes the image.
+    ids_from_media = True
+
     def __init__(self, tokenizer, folder: Path | None = None):
         self.tokenizer = tokenizer
         self.image_processor = ImageFiles(folder or image_cache())
