@@ -89,7 +89,8 @@ def test_tutorial_nproc_per_node_command_relaunches_under_torchrun(family_dirs, 
         "--ddp_find_unused_parameters", "true", "--max_steps", "2", "--save_strategy", "no", "--max_length", "1024")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
+    errors = "\n".join(line for line in output.splitlines() if "Error" in line or "error:" in line)
+    assert proc.returncode == 0, f"{errors[:3000]}\n...\n{output[-5000:]}"  # every rank's error, not only the last
     assert "[tailorkit] launching: -m torch.distributed.run --nproc_per_node 2" in output
     assert output.count("[tailorkit] world size 2 (1 node), backend gloo, engine ddp") == 1  # rank 0 only
     assert output.count("[tailorkit] run summary: completed") == 1
