@@ -27,153 +27,57 @@ class Verb:
 
 # Each verb imports its own stack when it runs, so `tailorkit --help` and the argument parsing import none of
 # torch, transformers, peft, the server or plotting libraries.
+def _lazy(module: str, name: str) -> Callable:
+    """``tailorkit.<module>.<name>``, imported when first called (a config class: called with no arguments)."""
+    def get(*args):
+        import importlib
 
-def _sft_config():
-    from .config.train import SftConfig
-    return SftConfig
+        target = getattr(importlib.import_module(f"tailorkit.{module}"), name)
+        return target(*args) if args else target
 
-
-def _rlhf_config():
-    from .config.rlhf import RlhfConfig
-    return RlhfConfig
-
-
-def _demo_config():
-    from .demo.run import DemoConfig
-    return DemoConfig
+    return get
 
 
-def _doctor_config():
-    from .doctor import DoctorConfig
-    return DoctorConfig
+def _training(module: str, name: str) -> Callable:
+    """A training verb: its run leaves out the packages it does not use (startup.py) while it imports them."""
+    def run(cfg):
+        with skip_unused_imports(cfg):
+            return _lazy(module, name)(cfg)
 
-
-def _infer_config():
-    from .config.infer import InferConfig
-    return InferConfig
-
-
-def _eval_config():
-    from .config.eval import EvalConfig
-    return EvalConfig
-
-
-def _deploy_config():
-    from .config.infer import DeployConfig
-    return DeployConfig
-
-
-def _export_config():
-    from .config.export import ExportConfig
-    return ExportConfig
-
-
-def _tiny_config():
-    from .models.tiny_cli import TinyConfig
-    return TinyConfig
-
-
-def _web_ui_config():
-    from .config.ui import WebUiConfig
-
-    return WebUiConfig
-
-
-def _app_config():
-    from .config.ui import AppConfig
-
-    return AppConfig
-
-
-def _sft(cfg):
-    with skip_unused_imports(cfg):
-        from .train.sft import sft
-        return sft(cfg)
-
-
-def _pt(cfg):
-    with skip_unused_imports(cfg):
-        from .train.sft import pt
-        return pt(cfg)
-
-
-def _rlhf(cfg):
-    with skip_unused_imports(cfg):
-        from .train.rlhf import rlhf
-        return rlhf(cfg)
-
-
-def _demo(cfg):
-    from .demo.run import demo
-    return demo(cfg)
-
-
-def _doctor(cfg):
-    from .doctor import doctor
-    return doctor(cfg)
-
-
-def _infer(cfg):
-    from .infer.run import infer
-    return infer(cfg)
-
-
-def _eval(cfg):
-    from .eval.runner import evaluate
-    return evaluate(cfg)
-
-
-def _deploy(cfg):
-    from .serve.deploy import deploy
-    return deploy(cfg)
-
-
-def _export(cfg):
-    from .export.run import export
-    return export(cfg)
-
-
-def _web_ui(cfg):
-    from .ui.server import web_ui
-
-    return web_ui(cfg)
-
-
-def _app(cfg):
-    from .ui.server import app
-
-    return app(cfg)
-
-
-def _tiny(cfg):
-    from .models.tiny_cli import tiny
-    return tiny(cfg)
+    return run
 
 
 def _verbs() -> dict[str, Verb]:
+    sft_config = _lazy("config.train", "SftConfig")
     return {
-        "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)", _sft_config, _sft),
-        "pt": Verb("continued pre-training on raw text (loss on every token)", _sft_config, _pt),
+        "sft": Verb("supervised fine-tuning on conversations (loss on assistant replies)",
+                    sft_config, _training("train.sft", "sft")),
+        "pt": Verb("continued pre-training on raw text (loss on every token)",
+                   sft_config, _training("train.sft", "pt")),
         "rlhf": Verb("preference and reinforcement training: dpo, orpo, simpo, cpo, kto, rm (reward model), ppo, gkd "
-                     "(distillation), grpo (and DAPO, RLOO, REINFORCE++, multi-turn)", _rlhf_config, _rlhf),
-        "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task", _demo_config,
-                     _demo),
+                     "(distillation), grpo (and DAPO, RLOO, REINFORCE++, multi-turn)",
+                     _lazy("config.rlhf", "RlhfConfig"), _training("train.rlhf", "rlhf")),
+        "demo": Verb("build a tiny vision-language model and fine-tune it on a synthetic shapes task",
+                     _lazy("demo.run", "DemoConfig"), _lazy("demo.run", "demo")),
         "doctor": Verb("check model, processor and data (every row, media file and encoded length) and estimate "
-                       "memory; changes nothing", _doctor_config, _doctor),
+                       "memory; changes nothing", _lazy("doctor", "DoctorConfig"), _lazy("doctor", "doctor")),
         "infer": Verb("generate replies: interactive chat, or a dataset written to jsonl (--val_dataset)",
-                      _infer_config, _infer),
+                      _lazy("config.infer", "InferConfig"), _lazy("infer.run", "infer")),
         "eval": Verb("score a model, adapter or checkpoint on local benchmarks (MME, TextVQA, VQAv2, multiple "
-                     "choice) and your own data; report.json, predictions.jsonl, before/after tables", _eval_config,
-                     _eval),
+                     "choice) and your own data; report.json, predictions.jsonl, before/after tables",
+                     _lazy("config.eval", "EvalConfig"), _lazy("eval.runner", "evaluate")),
         "deploy": Verb("serve an OpenAI-compatible API (127.0.0.1 by default; --api_key guards every endpoint)",
-                       _deploy_config, _deploy),
+                       _lazy("config.infer", "DeployConfig"), _lazy("serve.deploy", "deploy")),
         "export": Verb("merge adapters into the base and/or quantize (gptq, awq, bnb, fp8); the export is reloaded "
-                       "and verified against the model in memory before it counts", _export_config, _export),
+                       "and verified against the model in memory before it counts",
+                       _lazy("config.export", "ExportConfig"), _lazy("export.run", "export")),
         "web-ui": Verb("a browser page to train (sft, pt, rlhf), watch runs live, stop and resume them, chat, evaluate "
-                       "and export; 127.0.0.1 unless --host (then --auth is required)", _web_ui_config, _web_ui),
+                       "and export; 127.0.0.1 unless --host (then --auth is required)",
+                       _lazy("config.ui", "WebUiConfig"), _lazy("ui.server", "web_ui")),
         "app": Verb("a chat page over one model and its checkpoint or adapters (images, streaming), for demos",
-                    _app_config, _app),
-        "tiny": Verb("write a tiny random model of a family (for tests and experiments)", _tiny_config, _tiny),
+                    _lazy("config.ui", "AppConfig"), _lazy("ui.server", "app")),
+        "tiny": Verb("write a tiny random model of a family (for tests and experiments)",
+                     _lazy("models.tiny_cli", "TinyConfig"), _lazy("models.tiny_cli", "tiny")),
     }
 
 
